@@ -1,0 +1,23 @@
+//! Small helpers shared by the IO paths.
+
+use std::path::{Path, PathBuf};
+
+use crate::{DspnetError, Result};
+
+/// Write `path` through a temporary file in the same folder, renamed into place only when `write`
+/// succeeded: a failed or interrupted run never leaves a partial file or clobbers an existing one.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| DspnetError::InvalidArgument(format!("output path '{}' has no file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp: PathBuf = dir.join(tmp_name);
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| DspnetError::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

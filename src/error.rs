@@ -22,6 +22,10 @@ pub enum DspnetError {
     /// foreign or truncated format, unsupported checkpoint kind.
     #[error("model format: {0}")]
     ModelFormat(String),
+    /// An image or label file (NIfTI, NRRD, DICOM) is malformed, inconsistent or of an unsupported
+    /// kind; the message names the file and the problem.
+    #[error("image file: {0}")]
+    VolumeFormat(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -32,6 +36,12 @@ pub enum DspnetError {
     /// The requested compute device is not available in this build or on this machine.
     #[error("backend unavailable: {0}")]
     BackendUnavailable(String),
+    /// The caller's progress callback asked to stop.
+    #[error("cancelled")]
+    Cancelled,
+    /// The work would need more memory than is sensible to allocate.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// An error from the tensor library that does not fall in a category above.
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),

@@ -10,8 +10,10 @@
 //! - [`model::Model`]: ties them together on a candle device.
 
 pub mod error;
+pub mod io;
 pub mod model;
 pub mod util;
+pub mod volume;
 pub mod weights;
 
 pub use error::{DspnetError, Result};

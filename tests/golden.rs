@@ -6,11 +6,15 @@
 //! error; fails on any tolerance violation, and when the folder holds no fixture.
 //! Tolerances: `golden/README.md` §6.
 
+#[path = "golden/head_checks.rs"]
+mod head_checks;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use dspnet::model::config::ModelConfig;
+use dspnet::model::prototypes::{labels_from_logits, upsample_logits, SupportEpisode};
 use dspnet::model::Model;
 use serde_json::Value;
 
@@ -137,6 +141,99 @@ fn check_backbone(data: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
+/// End-to-end episode file: the head from stored features (every intermediate, in `head_checks`), then
+/// the whole chain from the stored images: backbone features, logits and labels.
+fn check_e2e_full(data: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
+    let mut lines = head_checks::check_e2e(data, sidecar)?;
+    let fx = read_fixture(data)?;
+    let model = synthetic_model(sidecar, ModelConfig::default())?;
+    let sup = get(&fx, "sup_img")?;
+    let qry = get(&fx, "qry_img")?;
+    let (h, w) = (sup.shape[0], sup.shape[1]);
+    let pixels: Vec<f32> = sup.values.iter().chain(&qry.values).map(|&v| v as f32).collect();
+    // Support and query encoded in one batch of 2, as the official code does.
+    let feats = model.encode_slices(&pixels, 2, h, w).map_err(|e| e.to_string())?;
+    let fs = feats.get(0).map_err(|e| e.to_string())?;
+    let fq = feats.get(1).map_err(|e| e.to_string())?;
+    let mut worst = 0.0;
+    check_stage("feat_support", &fs, get(&fx, "feat_support")?, &mut worst)?;
+    check_stage("feat_query", &fq, get(&fx, "feat_query")?, &mut worst)?;
+    let opts = head_checks::options_from(sidecar);
+    let cases = sidecar["cases"].as_object().ok_or("sidecar has no cases")?;
+    for name in cases.keys() {
+        let mask_fx = get(&fx, &format!("{name}.sup_mask"))?;
+        let mask: Vec<u8> = mask_fx.values.iter().map(|&v| v as u8).collect();
+        let episode = SupportEpisode::new(&fs, &mask, h, w, &opts).map_err(|e| e.to_string())?;
+        let scores = episode.score(&fq).map_err(|e| e.to_string())?;
+        let logits = upsample_logits(&scores, h, w).map_err(|e| e.to_string())?;
+        let want = get(&fx, &format!("{name}.logits"))?;
+        let got = tensor_values(&logits);
+        let (rel, max_abs) = errors(&got, &want.values);
+        if !(rel <= 1e-5 && max_abs <= 5e-4) {
+            return Err(format!("{name}: end-to-end logits rel-L2 {rel:.3e} (≤ 1e-5), max abs {max_abs:.3e} (≤ 5e-4)"));
+        }
+        let labels = labels_from_logits(&logits).map_err(|e| e.to_string())?;
+        let want_labels = get(&fx, &format!("{name}.label"))?;
+        let hw = h * w;
+        let (mut hard, mut soft) = (0, 0);
+        for p in 0..hw {
+            if labels[p] as f64 != want_labels.values[p] {
+                if (want.values[hw + p] - want.values[p]).abs() >= 1e-3 { hard += 1 } else { soft += 1 }
+            }
+        }
+        if hard > 0 {
+            return Err(format!("{name}: {hard} end-to-end labels differ where the reference margin is ≥ 1e-3"));
+        }
+        lines.push(format!(
+            "{name} end to end (images → backbone → head): features worst rel-L2 {worst:.2e}; logits rel-L2 {rel:.2e}, max abs {max_abs:.2e}; labels: {hard} flips, {soft} below margin"
+        ));
+    }
+    Ok(lines)
+}
+
+/// Converter file: the checkpoint converts; every kept tensor holds exactly the generator's values
+/// under the crate's own name; dead keys are dropped; `cls_unit.cal` is stored for the opt-in option.
+fn check_checkpoint(data: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
+    let seed = sidecar["generator_seed"].as_u64().ok_or("sidecar has no generator_seed")?;
+    let keys = sidecar["keys"].as_array().ok_or("sidecar has no keys")?;
+    let out = std::env::temp_dir().join(format!("dspnet-golden-{}-{}.safetensors", std::process::id(), data.file_stem().unwrap().to_string_lossy()));
+    let report = dspnet::weights::convert::convert_checkpoint(data, &out).map_err(|e| e.to_string())?;
+    let fx = read_fixture(&out)?;
+    let _ = std::fs::remove_file(&out);
+    let mut kept = 0;
+    for k in keys {
+        let name = k["key"].as_str().ok_or("key without name")?;
+        let shape: Vec<usize> = k["shape"].as_array().ok_or("key without shape")?.iter().map(|v| v.as_u64().unwrap_or(0) as usize).collect();
+        match dspnet::model::config::canonical_name(name) {
+            None => {
+                if fx.keys().any(|n| n.ends_with("num_batches_tracked") || n.contains("aspp")) {
+                    return Err(format!("dead key {name} was written"));
+                }
+            }
+            Some(own) => {
+                let t = fx.get(&own).ok_or_else(|| format!("{name} was not written as {own}"))?;
+                if t.shape != shape {
+                    return Err(format!("{own}: shape {:?}, expected {shape:?}", t.shape));
+                }
+                let want = dspnet::weights::synthetic::tensor_values(name, &shape, seed).ok_or("no generator values")?;
+                if let Some(i) = want.iter().zip(&t.values).position(|(a, b)| (*a as f64).to_bits() != b.to_bits()) {
+                    return Err(format!("{own}[{i}] = {}, generator says {}", t.values[i], want[i]));
+                }
+                kept += 1;
+            }
+        }
+    }
+    if kept != report.kept || fx.len() != kept {
+        return Err(format!("{kept} tensors expected in the output, report says {}, file holds {}", report.kept, fx.len()));
+    }
+    Ok(vec![format!(
+        "{} keys read, {kept} converted bit-exactly, {} dead keys dropped{}",
+        report.read,
+        report.dropped.len(),
+        if report.has_calibration { ", cls_unit.cal stored (ignored by default)" } else { "" }
+    )])
+}
+
 fn golden_dir() -> PathBuf {
     std::env::var_os("DSPNET_GOLDEN_DIR")
         .map(PathBuf::from)
@@ -161,6 +258,10 @@ fn golden_fixtures() {
         let data = |ext: &str| json.with_extension(ext);
         let result = match kind {
             "backbone" => check_backbone(&data("safetensors"), &sidecar),
+            "seeds" => head_checks::check_seeds(&data("safetensors"), &sidecar),
+            "head" => head_checks::check_head(&data("safetensors"), &sidecar),
+            "e2e" => check_e2e_full(&data("safetensors"), &sidecar),
+            "checkpoint" => check_checkpoint(&data("pth"), &sidecar),
             other => {
                 println!("{stem}: kind '{other}' not checked by this harness");
                 continue;

@@ -1,6 +1,7 @@
 //! Weight files: strict safetensors loading (official or own tensor names), writing with architecture
 //! metadata, conversion from PyTorch checkpoints, and the deterministic synthetic generator.
 
+pub mod convert;
 pub mod pth;
 pub mod synthetic;
 
@@ -12,6 +13,45 @@ use safetensors::SafeTensors;
 
 use crate::model::config::{blocks_per_layer, canonical_name, official_name, FeatureSource, InputNormalization, ModelConfig};
 use crate::{DspnetError, Result};
+
+/// File name of the default model inside a weights folder.
+pub const DEFAULT_MODEL_FILE: &str = "dspnet-default.safetensors";
+
+/// Where the default model is looked for, in order: `$DSPNET_WEIGHTS` (a file, or a folder holding
+/// the default file), `<executable dir>/../share/dspnet/weights/`, `<executable dir>/weights/`, and the
+/// source tree's `weights/` folder (for `cargo run` and tests).
+pub fn default_model_candidates() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("DSPNET_WEIGHTS") {
+        let p = std::path::PathBuf::from(p);
+        if p.is_dir() {
+            out.push(p.join(DEFAULT_MODEL_FILE));
+        } else {
+            out.push(p);
+        }
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        out.push(dir.join("../share/dspnet/weights").join(DEFAULT_MODEL_FILE));
+        out.push(dir.join("weights").join(DEFAULT_MODEL_FILE));
+    }
+    out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE));
+    out
+}
+
+/// The default model's path, or an error that says exactly where it was looked for.
+pub fn default_model_path() -> Result<std::path::PathBuf> {
+    let candidates = default_model_candidates();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        DspnetError::io(
+            "default model",
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("not found (looked for {}); pass a weight file explicitly or set DSPNET_WEIGHTS", list.join(", ")),
+            ),
+        )
+    })
+}
 
 /// Name of the (normally ignored) BCMA calibration matrix in official checkpoints.
 pub const CALIBRATION_NAME: &str = "cls_unit.cal";
@@ -219,11 +259,15 @@ fn check_strict(config: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Resu
 pub fn save_safetensors(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Vec<f32>>, shapes: &HashMap<String, Vec<usize>>, extra_metadata: &HashMap<String, String>) -> Result<()> {
     let mut metadata = config.to_metadata();
     metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    save_safetensors_raw(path, tensors, shapes, metadata)
+}
+
+/// Write f32 tensors with exactly `metadata`, atomically.
+pub fn save_safetensors_raw(path: &Path, tensors: &BTreeMap<String, Vec<f32>>, shapes: &HashMap<String, Vec<usize>>, metadata: HashMap<String, String>) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, values) in tensors {
         let shape = shapes.get(name).cloned().unwrap_or_else(|| vec![values.len()]);
-        let bytes: &[u8] = bytemuck_f32(values);
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes)
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, f32_bytes(values))
             .map_err(|e| DspnetError::ModelFormat(format!("tensor '{name}': {e}")))?;
         views.push((name.clone(), view));
     }
@@ -234,7 +278,7 @@ pub fn save_safetensors(path: &Path, config: &ModelConfig, tensors: &BTreeMap<St
 }
 
 /// View f32 values as little-endian bytes (every supported target is little-endian; checked at compile time).
-fn bytemuck_f32(values: &[f32]) -> &[u8] {
+fn f32_bytes(values: &[f32]) -> &[u8] {
     const _: () = assert!(cfg!(target_endian = "little"), "libdspnet assumes a little-endian target");
     // SAFETY: f32 has no padding and any byte pattern is a valid u8; the length is scaled exactly.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }

@@ -1,0 +1,44 @@
+//! Command-line interface: one subcommand per job, each in its own file.
+
+mod bench;
+mod weights_cmds;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "dspnet", version, about = "Few-shot medical image segmentation (DSPNet)", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert an official PyTorch checkpoint (.pth) to safetensors.
+    Convert(weights_cmds::ConvertArgs),
+    /// Describe a weight file: depth, tensors, parameters, metadata.
+    Info(weights_cmds::InfoArgs),
+    /// Write deterministic synthetic weights (the golden-vector generator) for tests and demos.
+    SyntheticWeights(weights_cmds::SyntheticArgs),
+    /// Measure backbone and head speed and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(a) => weights_cmds::convert(a),
+        Command::Info(a) => weights_cmds::info(a),
+        Command::SyntheticWeights(a) => weights_cmds::synthetic(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

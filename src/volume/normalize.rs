@@ -1,0 +1,108 @@
+//! Intensity normalisation, as the model's weights declare it (spec §3.4 for the official recipe).
+
+use crate::model::config::InputNormalization;
+use crate::{DspnetError, Result};
+
+/// Imaging modality, for the official recipe (which normalises CT and MRI differently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modality {
+    Ct,
+    Mri,
+}
+
+impl Modality {
+    /// CT volumes hold Hounsfield units, so air is near −1000; MRI intensities are non-negative.
+    /// A volume whose 1st percentile is below −200 is taken as CT.
+    pub fn guess(voxels: &[f32]) -> Modality {
+        let p1 = percentile(voxels, 1.0);
+        if p1 < -200.0 { Modality::Ct } else { Modality::Mri }
+    }
+}
+
+/// The `q`-th percentile (0..=100) with linear interpolation between order statistics (numpy's default).
+pub fn percentile(values: &[f32], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v: Vec<f32> = values.to_vec();
+    let pos = q / 100.0 * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let (_, &mut a, upper) = v.select_nth_unstable_by(lo, |x, y| x.total_cmp(y));
+    let b = if hi > lo { upper.iter().copied().min_by(|x, y| x.total_cmp(y)).unwrap_or(a) } else { a };
+    a as f64 + (b as f64 - a as f64) * (pos - lo as f64)
+}
+
+/// Normalise a whole volume in place. Returns the value that padding outside the image should take
+/// (the normalised volume minimum, as the official pipeline pads with the volume's minimum).
+pub fn normalize_volume(voxels: &mut [f32], norm: &InputNormalization, modality: Modality) -> Result<f32> {
+    if let Some(i) = voxels.iter().position(|v| !v.is_finite()) {
+        return Err(DspnetError::NonFinite(format!("image voxel {i} is {}", voxels[i])));
+    }
+    if voxels.is_empty() {
+        return Err(DspnetError::Shape("the image has no voxel".into()));
+    }
+    match *norm {
+        InputNormalization::Window { low, high } => {
+            for v in voxels.iter_mut() {
+                *v = ((*v as f64).clamp(low, high) - low) as f32 / (high - low) as f32;
+            }
+        }
+        InputNormalization::Official => {
+            match modality {
+                // HU window [-125, 275] scaled to [0, 255].
+                Modality::Ct => voxels.iter_mut().for_each(|v| *v = (((*v as f64).clamp(-125.0, 275.0) + 125.0) * 255.0 / 400.0) as f32),
+                // Clip above the 99.5th percentile.
+                Modality::Mri => {
+                    let top = percentile(voxels, 99.5) as f32;
+                    voxels.iter_mut().for_each(|v| *v = v.min(top));
+                }
+            }
+            // z-score over the whole volume (population std), in f64.
+            let n = voxels.len() as f64;
+            let mean = voxels.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = voxels.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let std = var.sqrt();
+            let std = if std > 1e-12 { std } else { 1.0 }; // a constant volume stays finite (all zeros)
+            voxels.iter_mut().for_each(|v| *v = ((*v as f64 - mean) / std) as f32);
+        }
+    }
+    Ok(voxels.iter().copied().fold(f32::INFINITY, f32::min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_matches_numpy_linear() {
+        let v: Vec<f32> = (0..11).map(|i| i as f32).collect();
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert!((percentile(&v, 99.5) - 9.95).abs() < 1e-9);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.0), 1.0);
+    }
+
+    #[test]
+    fn ct_recipe_windows_then_zscores() {
+        let mut v = vec![-1000.0, -125.0, 75.0, 275.0, 3000.0];
+        let pad = normalize_volume(&mut v, &InputNormalization::Official, Modality::Ct).unwrap();
+        // After windowing: 0, 0, 127.5, 255, 255 → mean 127.5
+        assert!((v[2]).abs() < 1e-6);
+        assert!(v[0] == v[1] && v[3] == v[4] && v[0] < 0.0 && pad == v[0]);
+        let mean: f32 = v.iter().sum::<f32>() / 5.0;
+        assert!(mean.abs() < 1e-6);
+    }
+
+    #[test]
+    fn nan_is_rejected_with_position() {
+        let mut v = vec![0.0, f32::NAN];
+        let e = normalize_volume(&mut v, &InputNormalization::Official, Modality::Mri).unwrap_err();
+        assert!(e.to_string().contains("voxel 1"), "{e}");
+    }
+
+    #[test]
+    fn guess_modality() {
+        assert_eq!(Modality::guess(&[-1000.0; 50].iter().chain(&[40.0; 50]).copied().collect::<Vec<_>>()), Modality::Ct);
+        assert_eq!(Modality::guess(&[0.0, 10.0, 200.0]), Modality::Mri);
+    }
+}

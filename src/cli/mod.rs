@@ -1,6 +1,9 @@
 //! Command-line interface: one subcommand per job, each in its own file.
 
 mod bench;
+mod eval;
+mod preview;
+mod segment;
 mod weights_cmds;
 
 use std::process::ExitCode;
@@ -16,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Segment the structures painted on a few slices of a volume through the whole volume.
+    Segment(segment::SegmentArgs),
+    /// Score segmentation against ground truth (3D Dice per class) under a protocol.
+    Eval(eval::EvalArgs),
     /// Convert an official PyTorch checkpoint (.pth) to safetensors.
     Convert(weights_cmds::ConvertArgs),
     /// Describe a weight file: depth, tensors, parameters, metadata.
@@ -29,6 +36,8 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Segment(a) => segment::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Convert(a) => weights_cmds::convert(a),
         Command::Info(a) => weights_cmds::info(a),
         Command::SyntheticWeights(a) => weights_cmds::synthetic(a),

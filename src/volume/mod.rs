@@ -6,6 +6,7 @@
 //! Classes are merged by highest foreground score. Support slices keep the user's labels untouched.
 
 pub mod components;
+pub mod eval;
 pub mod normalize;
 pub mod slicing;
 
@@ -184,13 +185,155 @@ pub fn choose_axis(labels: &[u16], dims: [usize; 3], choice: AxisChoice) -> Resu
     }
 }
 
-/// Feature/score state for one class while propagating.
-struct ClassRun {
-    label: u16,
-    /// Sorted support slice indices.
-    supports: Vec<usize>,
-    /// Support area (pixels) per support slice.
-    support_area: HashMap<usize, usize>,
+/// A volume normalised for the model and cut along the slice axis: everything needed to turn slice `z`
+/// into model input and model output back into slice pixels.
+pub struct PreparedVolume {
+    normalized: Vec<f32>,
+    pub dims: [usize; 3],
+    pub axis: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// In-plane spacing (row, column) in mm.
+    pub pixel_spacing: [f64; 2],
+    /// Normalised value for canvas pixels outside the slice (the volume minimum, as the official
+    /// pipeline pads).
+    pad: f32,
+    pub modality: Modality,
+}
+
+/// Per-slice model output mapped back onto the slice grid: background and foreground logits.
+pub struct SliceLogits {
+    pub bg: Vec<f32>,
+    pub fg: Vec<f32>,
+}
+
+impl SliceLogits {
+    /// Pixels where the foreground wins (ties → background, as the argmax of the official code).
+    pub fn foreground(&self) -> impl Iterator<Item = bool> + '_ {
+        self.fg.iter().zip(&self.bg).map(|(f, b)| f > b)
+    }
+}
+
+impl PreparedVolume {
+    pub fn new(model: &Model, image: VolumeRef<'_>, axis: usize, modality: ModalityChoice) -> Result<Self> {
+        let modality = match modality {
+            ModalityChoice::Ct => Modality::Ct,
+            ModalityChoice::Mri => Modality::Mri,
+            ModalityChoice::Auto => Modality::guess(image.data),
+        };
+        let mut normalized = image.data.to_vec();
+        let pad = normalize::normalize_volume(&mut normalized, &model.config().input_normalization, modality)?;
+        let (rows, cols) = slice_shape(image.dims, axis);
+        let (ra, ca) = in_plane_axes(axis);
+        Ok(PreparedVolume {
+            normalized,
+            dims: image.dims,
+            axis,
+            rows,
+            cols,
+            pixel_spacing: [image.spacing[ra], image.spacing[ca]],
+            pad,
+            modality,
+        })
+    }
+
+    pub fn slices(&self) -> usize {
+        self.dims[self.axis]
+    }
+
+    /// The canvas frame of a window `[r0, c0, h, w]` (slice pixels), or of the whole slice.
+    pub fn frame(&self, window: Option<[f64; 4]>) -> Result<CanvasFrame> {
+        CanvasFrame::fit(window.unwrap_or([0.0, 0.0, self.rows as f64, self.cols as f64]), self.pixel_spacing, CANVAS)
+    }
+
+    /// Model input for slice `z` under `frame`.
+    pub fn canvas(&self, z: usize, frame: &CanvasFrame) -> Vec<f32> {
+        let img = extract_slice(&self.normalized, self.dims, self.axis, z);
+        frame.image_to_canvas(&img, self.rows, self.cols, self.pad)
+    }
+
+    /// Features `[C, 32, 32]` of slice `z` under `frame`.
+    pub fn encode(&self, model: &Model, z: usize, frame: &CanvasFrame) -> Result<Tensor> {
+        Ok(model.encode_slices(&self.canvas(z, frame), 1, CANVAS, CANVAS)?.squeeze(0)?)
+    }
+
+    /// The episode of class `label` painted on slice `z` of `labels` (a volume on this grid).
+    pub fn episode(&self, features: &Tensor, labels: &[u16], z: usize, label: u16, frame: &CanvasFrame, head: &HeadOptions) -> Result<SupportEpisode> {
+        let mask: Vec<u8> = extract_slice(labels, self.dims, self.axis, z).iter().map(|&l| u8::from(l == label)).collect();
+        let canvas_mask = frame.mask_to_canvas(&mask, self.rows, self.cols);
+        SupportEpisode::new(features, &canvas_mask, CANVAS, CANVAS, head).map_err(|e| match e {
+            DspnetError::EmptySupport(_) => DspnetError::EmptySupport(format!(
+                " for class {label} on slice {z}: the labelled region vanishes at the model's input resolution"
+            )),
+            other => other,
+        })
+    }
+
+    /// Score query features and map the logits (bilinear ×8 on the canvas, then bilinear onto the slice
+    /// pixels) back onto the slice grid, before any argmax.
+    pub fn score(&self, episode: &SupportEpisode, features: &Tensor, frame: &CanvasFrame) -> Result<SliceLogits> {
+        let scores = episode.score(features)?;
+        let logits = upsample_logits(&scores, CANVAS, CANVAS)?.to_device(&candle_core::Device::Cpu)?;
+        let window = [0, 0, self.rows, self.cols];
+        let bg = frame.canvas_to_slice(&logits.get(0)?.flatten_all()?.to_vec1::<f32>()?, window);
+        let fg = frame.canvas_to_slice(&logits.get(1)?.flatten_all()?.to_vec1::<f32>()?, window);
+        Ok(SliceLogits { bg, fg })
+    }
+
+    /// Square window (in slice pixels) around a structure's bounding box `[r0, c0, r1, c1]` (inclusive),
+    /// enlarged so the structure spans about a third of the window side, at least `MIN_FOV_MM`, and
+    /// shifted to stay inside the slice. `None` when the window would cover the whole slice anyway.
+    pub fn fov_window(&self, bbox: [usize; 4], grow: f64) -> Option<[f64; 4]> {
+        let [sr, sc] = self.pixel_spacing;
+        let h_mm = (bbox[2] - bbox[0] + 1) as f64 * sr;
+        let w_mm = (bbox[3] - bbox[1] + 1) as f64 * sc;
+        let side_mm = (FOV_CONTEXT * h_mm.max(w_mm) * grow).max(MIN_FOV_MM);
+        let (h, w) = (side_mm / sr, side_mm / sc);
+        if h >= self.rows as f64 && w >= self.cols as f64 {
+            return None;
+        }
+        let place = |centre: f64, size: f64, len: usize| -> (f64, f64) {
+            if size >= len as f64 {
+                (0.0, len as f64)
+            } else {
+                ((centre - size / 2.0).clamp(0.0, len as f64 - size), size)
+            }
+        };
+        let (r0, hh) = place((bbox[0] + bbox[2] + 1) as f64 / 2.0, h, self.rows);
+        let (c0, ww) = place((bbox[1] + bbox[3] + 1) as f64 / 2.0, w, self.cols);
+        Some([r0, c0, hh, ww])
+    }
+}
+
+/// Auto field of view: the window side is this many times the structure's larger side...
+const FOV_CONTEXT: f64 = 3.0;
+/// ...and at least this many millimetres.
+const MIN_FOV_MM: f64 = 48.0;
+
+/// Bounding box `[r0, c0, r1, c1]` (inclusive) of the true pixels of a rows x cols slice.
+fn bounding_box(mask: impl Iterator<Item = bool>, cols: usize) -> Option<[usize; 4]> {
+    let mut b: Option<[usize; 4]> = None;
+    for (p, on) in mask.enumerate() {
+        if on {
+            let (r, c) = (p / cols, p % cols);
+            b = Some(match b {
+                None => [r, c, r, c],
+                Some([r0, c0, r1, c1]) => [r0.min(r), c0.min(c), r1.max(r), c1.max(c)],
+            });
+        }
+    }
+    b
+}
+
+/// Does a window (not the whole slice) have foreground on its border, i.e. the structure may go on
+/// outside it?
+fn touches_border(window: [f64; 4], bbox: [usize; 4], rows: usize, cols: usize) -> bool {
+    let [r0, c0, h, w] = window;
+    let (r1, c1) = (r0 + h - 1.0, c0 + w - 1.0);
+    (bbox[0] as f64 <= r0.ceil() && r0 > 0.0)
+        || (bbox[1] as f64 <= c0.ceil() && c0 > 0.0)
+        || (bbox[2] as f64 >= r1.floor() && r1 < rows as f64 - 1.0)
+        || (bbox[3] as f64 >= c1.floor() && c1 < cols as f64 - 1.0)
 }
 
 /// Segment a volume from its labelled slices. `support` has the image's dims; returns the label volume
@@ -199,10 +342,10 @@ struct ClassRun {
 pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &SegmentOptions, progress: Progress<'_>) -> Result<(Vec<u16>, SegmentSummary)> {
     let t0 = Instant::now();
     let dims = image.dims;
-    let n = voxel_count(dims)?;
     if dims.iter().any(|&d| d == 0) {
         return Err(DspnetError::Shape(format!("volume dimensions {dims:?} contain a zero")));
     }
+    let n = voxel_count(dims)?;
     if image.data.len() != n {
         return Err(DspnetError::Shape(format!("image has {} voxels, dims {dims:?} need {n}", image.data.len())));
     }
@@ -231,190 +374,175 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
             set.into_iter().collect()
         }
     };
-    // Axis from the classes being segmented only.
+    // The axis is judged from the classes being segmented only.
     let class_labels: Vec<u16> = support.iter().map(|&l| if classes.contains(&l) { l } else { 0 }).collect();
     let axis = choose_axis(&class_labels, dims, opts.axis)?;
-    let n_slices = dims[axis];
-    let (rows, cols) = slice_shape(dims, axis);
-    let (row_axis, col_axis) = in_plane_axes(axis);
-    let pixel_spacing = [image.spacing[row_axis], image.spacing[col_axis]];
+    let vol = PreparedVolume::new(model, image, axis, opts.modality)?;
+    let n_slices = vol.slices();
+    let (rows, cols) = (vol.rows, vol.cols);
 
-    // Normalise once for the whole volume.
-    let modality = match opts.modality {
-        ModalityChoice::Ct => Modality::Ct,
-        ModalityChoice::Mri => Modality::Mri,
-        ModalityChoice::Auto => Modality::guess(image.data),
-    };
-    let mut normalized = image.data.to_vec();
-    let pad = normalize::normalize_volume(&mut normalized, &model.config().input_normalization, modality)?;
-
-    // Which slices hold which class; support slices (any label) are preserved in the output.
-    let mut runs = Vec::new();
+    // Support slices (any label) are preserved in the output and never scored.
+    let any_label_slice: Vec<bool> = (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| support[v] != 0)).collect();
     let mut support_slices = BTreeMap::new();
     for &c in &classes {
-        let mut supports = Vec::new();
-        let mut support_area = HashMap::new();
-        for z in 0..n_slices {
-            let area = slice_indices(dims, axis, z).filter(|&v| support[v] == c).count();
-            if area > 0 {
-                supports.push(z);
-                support_area.insert(z, area);
-            }
-        }
-        support_slices.insert(c, supports.clone());
-        runs.push(ClassRun { label: c, supports, support_area });
+        let zs: Vec<usize> = (0..n_slices).filter(|&z| slice_indices(dims, axis, z).any(|v| support[v] == c)).collect();
+        support_slices.insert(c, zs);
     }
-    let any_label_slice: Vec<bool> = (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| support[v] != 0)).collect();
-
-    let range = match opts.extent {
-        ExtentMode::Range(a, b) => {
-            if a > b || b >= n_slices {
-                return Err(DspnetError::InvalidArgument(format!("extent {a}:{b} is outside slices 0..{}", n_slices - 1)));
-            }
-            Some((a, b))
+    if let ExtentMode::Range(a, b) = opts.extent {
+        if a > b || b >= n_slices {
+            return Err(DspnetError::InvalidArgument(format!("extent {a}:{b} is outside slices 0..={}", n_slices - 1)));
         }
-        _ => None,
-    };
-    let in_extent = |z: usize| match (opts.extent, range) {
-        (ExtentMode::Range(..), Some((a, b))) => z >= a && z <= b,
+    }
+    let in_extent = |z: usize| match opts.extent {
+        ExtentMode::Range(a, b) => z >= a && z <= b,
         _ => true,
     };
     let query_slices: Vec<usize> = (0..n_slices).filter(|&z| !any_label_slice[z] && in_extent(z)).collect();
-    let mut total = query_slices.len() * runs.len();
+    let mut total = query_slices.len() * classes.len();
     let mut done = 0usize;
     if !progress(done, total) {
         return Err(DspnetError::Cancelled);
     }
 
-    let full_window = [0.0, 0.0, rows as f64, cols as f64];
-    let slice_frame = CanvasFrame::fit(full_window, pixel_spacing, CANVAS)?;
-    // Features of whole-slice canvases are shared by all classes.
+    let whole = vol.frame(None)?;
+    // Whole-slice features are shared by all classes.
     let mut feature_cache: HashMap<usize, Tensor> = HashMap::new();
-    let encode_canvas = |z: usize, frame: &CanvasFrame| -> Result<Tensor> {
-        let img = extract_slice(&normalized, dims, axis, z);
-        let canvas = frame.image_to_canvas(&img, rows, cols, pad);
-        Ok(model.encode_slices(&canvas, 1, CANVAS, CANVAS)?.squeeze(0)?)
-    };
-
-    let mut class_fg: Vec<Vec<f32>> = Vec::with_capacity(runs.len()); // per class: fg score where predicted fg, else -inf
+    let mut class_fg: Vec<Vec<f32>> = Vec::with_capacity(classes.len());
     let mut processed = 0usize;
-    for run in &runs {
+    for &label in &classes {
+        let supports = &support_slices[&label];
+        // Per voxel: the class's foreground logit where it wins, -inf elsewhere; support voxels +inf.
         let mut fg = vec![f32::NEG_INFINITY; n];
-        // Support slices of this class are its own labels.
-        for &z in &run.supports {
+        for &z in supports {
             for v in slice_indices(dims, axis, z) {
-                if support[v] == run.label {
+                if support[v] == label {
                     fg[v] = f32::INFINITY;
                 }
             }
         }
-        // Episodes per support slice (built lazily, reused by every query slice that is nearest to it).
-        let mut episodes: HashMap<(usize, [i64; 4]), SupportEpisode> = HashMap::new();
-        let mut score_slice = |z: usize, window: Option<[f64; 4]>, fg: &mut Vec<f32>| -> Result<usize> {
-            let s = nearest(&run.supports, z);
-            let frame = match window {
-                None => slice_frame,
-                Some(w) => CanvasFrame::fit(w, pixel_spacing, CANVAS)?,
-            };
-            let key = (s, window.map_or([0; 4], |w| w.map(|x| (x * 1000.0) as i64)));
-            if !episodes.contains_key(&key) {
-                let features = match window {
-                    None => match feature_cache.get(&s) {
-                        Some(f) => f.clone(),
-                        None => {
-                            let f = encode_canvas(s, &frame)?;
-                            feature_cache.insert(s, f.clone());
-                            f
-                        }
-                    },
-                    Some(_) => encode_canvas(s, &frame)?,
-                };
-                let labels = extract_slice(support, dims, axis, s);
-                let mask: Vec<u8> = labels.iter().map(|&l| u8::from(l == run.label)).collect();
-                let canvas_mask = frame.mask_to_canvas(&mask, rows, cols);
-                let ep = SupportEpisode::new(&features, &canvas_mask, CANVAS, CANVAS, &opts.head).map_err(|e| match e {
-                    DspnetError::EmptySupport(_) => DspnetError::EmptySupport(format!(
-                        " for class {} on slice {s}: the labelled region vanishes at the model's resolution (too small?)",
-                        run.label
-                    )),
-                    other => other,
-                })?;
-                episodes.insert(key, ep);
-            }
-            let episode = &episodes[&key];
-            let features = match window {
-                None => match feature_cache.get(&z) {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = encode_canvas(z, &frame)?;
-                        feature_cache.insert(z, f.clone());
-                        f
-                    }
-                },
-                Some(_) => encode_canvas(z, &frame)?,
-            };
-            let scores = episode.score(&features)?;
-            let logits = upsample_logits(&scores, CANVAS, CANVAS)?.to_device(&candle_core::Device::Cpu)?;
-            let bg_canvas = logits.get(0)?.flatten_all()?.to_vec1::<f32>()?;
-            let fg_canvas = logits.get(1)?.flatten_all()?.to_vec1::<f32>()?;
-            let win = [0usize, 0, rows, cols];
-            let bg_s = frame.canvas_to_slice(&bg_canvas, win);
-            let fg_s = frame.canvas_to_slice(&fg_canvas, win);
-            let mut area = 0;
-            for ((v, b), f) in slice_indices(dims, axis, z).zip(bg_s).zip(fg_s) {
-                // argmax with ties → background
-                if f > b {
-                    fg[v] = f;
-                    area += 1;
+        let support_bbox = |s: usize| bounding_box(extract_slice(support, dims, axis, s).iter().map(|&l| l == label), cols);
+        let support_area = |s: usize| slice_indices(dims, axis, s).filter(|&v| support[v] == label).count();
+        // Episodes keyed by (support slice, window growth step); built once, reused by many queries.
+        let mut episodes: HashMap<(usize, u32), (SupportEpisode, Option<[f64; 4]>)> = HashMap::new();
+        // Score slice z; `follow` is the prediction bbox of the neighbour towards the support (auto fov).
+        let mut score_slice = |z: usize, follow: Option<[usize; 4]>, fg: &mut Vec<f32>| -> Result<(usize, Option<[usize; 4]>)> {
+            let s = nearest(supports, z);
+            let mut growth = 0u32;
+            loop {
+                let grow = 1.5f64.powi(growth as i32);
+                if !episodes.contains_key(&(s, growth)) {
+                    let window = match opts.fov {
+                        FovMode::Slice => None,
+                        FovMode::Auto => support_bbox(s).and_then(|b| vol.fov_window(b, grow)),
+                    };
+                    let frame = vol.frame(window)?;
+                    let features = match window {
+                        None => cached(&mut feature_cache, s, || vol.encode(model, s, &whole))?,
+                        Some(_) => vol.encode(model, s, &frame)?,
+                    };
+                    episodes.insert((s, growth), (vol.episode(&features, support, s, label, &frame, &opts.head)?, window));
                 }
+                let (episode, support_window) = &episodes[&(s, growth)];
+                // Same window size as the support's (same scale), centred on the followed structure.
+                let window = match (support_window, follow) {
+                    (None, _) => None,
+                    (Some(w), None) => Some(*w),
+                    (Some(w), Some(b)) => {
+                        let centre = [(b[0] + b[2] + 1) as f64 / 2.0, (b[1] + b[3] + 1) as f64 / 2.0];
+                        Some([
+                            (centre[0] - w[2] / 2.0).clamp(0.0, (rows as f64 - w[2]).max(0.0)),
+                            (centre[1] - w[3] / 2.0).clamp(0.0, (cols as f64 - w[3]).max(0.0)),
+                            w[2],
+                            w[3],
+                        ])
+                    }
+                };
+                let frame = vol.frame(window)?;
+                let features = match window {
+                    None => cached(&mut feature_cache, z, || vol.encode(model, z, &whole))?,
+                    Some(_) => vol.encode(model, z, &frame)?,
+                };
+                let logits = vol.score(episode, &features, &frame)?;
+                let bbox = bounding_box(logits.foreground(), cols);
+                // The structure runs into the window's edge: look again with a larger window.
+                if let (Some(w), Some(b)) = (window, bbox) {
+                    if touches_border(w, b, rows, cols) && growth < 3 {
+                        growth += 1;
+                        continue;
+                    }
+                }
+                let mut area = 0;
+                for ((v, f), b) in slice_indices(dims, axis, z).zip(&logits.fg).zip(&logits.bg) {
+                    if f > b {
+                        fg[v] = *f;
+                        area += 1;
+                    }
+                }
+                return Ok((area, bbox));
             }
-            Ok(area)
-        };
-        let (lo, hi) = (run.supports[0], *run.supports.last().unwrap_or(&run.supports[0]));
-        let planned: Vec<usize> = match opts.extent {
-            ExtentMode::All | ExtentMode::Range(..) => query_slices.clone(),
-            ExtentMode::Auto => query_slices.iter().copied().filter(|&z| z > lo && z < hi).collect(),
         };
         let mut tick = |done: &mut usize, total: usize| -> Result<()> {
             *done += 1;
             if progress(*done, total) { Ok(()) } else { Err(DspnetError::Cancelled) }
         };
-        let window_for = |_z: usize| -> Option<[f64; 4]> { None };
-        for &z in &planned {
-            score_slice(z, window_for(z), &mut fg)?;
-            processed += 1;
-            tick(&mut done, total)?;
-        }
-        if opts.extent == ExtentMode::Auto {
-            // Outward from the outermost support slices, in both directions.
-            let min_area = |s: usize| ((run.support_area[&s] as f64) * opts.extent_min_fraction).max(1.0) as usize;
-            let unplanned_total = query_slices.iter().filter(|&&z| z < lo || z > hi).count();
-            let mut visited = 0usize;
-            for dir in [-1i64, 1] {
-                let start = if dir < 0 { lo } else { hi };
-                let mut misses = 0;
-                let mut z = start as i64 + dir;
-                while z >= 0 && (z as usize) < n_slices && misses < opts.extent_patience {
-                    let zu = z as usize;
-                    if !any_label_slice[zu] {
-                        let area = score_slice(zu, window_for(zu), &mut fg)?;
-                        processed += 1;
-                        visited += 1;
-                        tick(&mut done, total)?;
-                        misses = if area < min_area(start) { misses + 1 } else { 0 };
+        let (lo, hi) = (supports[0], supports[supports.len() - 1]);
+        match opts.extent {
+            ExtentMode::All | ExtentMode::Range(..) => {
+                // Outward from the nearest support so that the field of view can follow the structure.
+                let mut order: Vec<usize> = query_slices.clone();
+                order.sort_by_key(|&z| (z.abs_diff(nearest(supports, z)), z));
+                let mut last_bbox: HashMap<usize, [usize; 4]> = HashMap::new();
+                for z in order {
+                    let towards = if z < nearest(supports, z) { z + 1 } else { z.wrapping_sub(1) };
+                    let follow = last_bbox.get(&towards).copied().or_else(|| support_bbox(nearest(supports, z)));
+                    let (_, bbox) = score_slice(z, follow, &mut fg)?;
+                    if let Some(b) = bbox {
+                        last_bbox.insert(z, b);
                     }
-                    z += dir;
+                    processed += 1;
+                    tick(&mut done, total)?;
                 }
             }
-            // Slices the extent stopped before are no longer part of the work.
-            total -= unplanned_total - visited;
-            if !progress(done, total) {
-                return Err(DspnetError::Cancelled);
+            ExtentMode::Auto => {
+                // Every slice between the outermost supports, then outward until the structure has been
+                // missing (or tiny) for `extent_patience` slices in a row.
+                let mut follow = support_bbox(lo);
+                for z in (lo + 1..hi).filter(|&z| !any_label_slice[z]) {
+                    let (_, bbox) = score_slice(z, follow.or_else(|| support_bbox(nearest(supports, z))), &mut fg)?;
+                    follow = bbox.or(follow);
+                    processed += 1;
+                    tick(&mut done, total)?;
+                }
+                let outside = query_slices.iter().filter(|&&z| z < lo || z > hi).count();
+                let mut visited = 0usize;
+                for (start, dir) in [(lo, -1i64), (hi, 1)] {
+                    let min_area = ((support_area(start) as f64 * opts.extent_min_fraction).ceil() as usize).max(1);
+                    let mut follow = support_bbox(start);
+                    let mut misses = 0;
+                    let mut z = start as i64 + dir;
+                    while z >= 0 && (z as usize) < n_slices && misses < opts.extent_patience {
+                        let zu = z as usize;
+                        if !any_label_slice[zu] {
+                            let (area, bbox) = score_slice(zu, follow, &mut fg)?;
+                            follow = bbox.or(follow);
+                            processed += 1;
+                            visited += 1;
+                            tick(&mut done, total)?;
+                            misses = if area < min_area { misses + 1 } else { 0 };
+                        }
+                        z += dir;
+                    }
+                }
+                // The slices the extent stopped before are no longer part of the work.
+                total -= outside - visited;
+                if !progress(done, total) {
+                    return Err(DspnetError::Cancelled);
+                }
             }
         }
         if opts.components == ComponentsMode::Support {
             let mask: Vec<bool> = fg.iter().map(|&f| f > f32::NEG_INFINITY).collect();
-            let seeds = (0..n).filter(|&v| support[v] == run.label);
+            let seeds = (0..n).filter(|&v| support[v] == label);
             let keep = components::keep_connected_to(&mask, seeds, dims);
             for (f, k) in fg.iter_mut().zip(keep) {
                 if !k {
@@ -425,14 +553,14 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
         class_fg.push(fg);
     }
 
-    // Merge: highest foreground score wins; support slices keep the user's labels exactly.
+    // Merge: the highest foreground score wins; support slices keep the user's labels exactly.
     let mut out = vec![0u16; n];
-    for v in 0..n {
+    for (v, o) in out.iter_mut().enumerate() {
         let mut best = f32::NEG_INFINITY;
         for (ci, fg) in class_fg.iter().enumerate() {
             if fg[v] > best {
                 best = fg[v];
-                out[v] = runs[ci].label;
+                *o = classes[ci];
             }
         }
     }
@@ -441,13 +569,15 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
             out[v] = support[v];
         }
     }
-    let mut voxels_per_class = BTreeMap::new();
-    for &c in &classes {
-        voxels_per_class.insert(c, out.iter().filter(|&&l| l == c).count());
+    let mut voxels_per_class: BTreeMap<u16, usize> = classes.iter().map(|&c| (c, 0)).collect();
+    for l in &out {
+        if let Some(c) = voxels_per_class.get_mut(l) {
+            *c += 1;
+        }
     }
     let summary = SegmentSummary {
         axis,
-        modality,
+        modality: vol.modality,
         classes,
         support_slices,
         slices_processed: processed,
@@ -455,6 +585,16 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((out, summary))
+}
+
+/// Get `key` from the cache or compute and store it.
+fn cached(cache: &mut HashMap<usize, Tensor>, key: usize, compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    if let Some(t) = cache.get(&key) {
+        return Ok(t.clone());
+    }
+    let t = compute()?;
+    cache.insert(key, t.clone());
+    Ok(t)
 }
 
 /// The support slice nearest to `z` (ties: the lower index). `supports` is sorted and non-empty.

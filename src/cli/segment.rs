@@ -1,0 +1,209 @@
+//! `dspnet segment`: a volume and its painted slices in, the whole structure out.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use dspnet::io::{read_image, read_labels, write_labels, Volume};
+use dspnet::model::{device_from_name, Model};
+use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, ModalityChoice, SegmentOptions, VolumeRef};
+use dspnet::{weights, DspnetError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModalityArg { Auto, Ct, Mri }
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FovArg { Slice, Auto }
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ComponentsArg { Support, All }
+
+/// Options shared by `segment` and `eval`.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Weight file (.safetensors); default: the default model from weights/.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Slice axis: i, j, k or auto (the only axis along which the labels lie on few slices).
+    #[arg(long, default_value = "auto", value_parser = parse_axis)]
+    pub axis: AxisChoice,
+    /// Intensity recipe when the model follows the official one.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub modality: ModalityArg,
+    /// auto (propagate until the structure vanishes), all, or A:B (slice range, inclusive).
+    #[arg(long, default_value = "auto", value_parser = parse_extent)]
+    pub extent: ExtentMode,
+    /// Field of view fed to the model: the whole slice, or a window around the structure.
+    #[arg(long, value_enum, default_value = "slice")]
+    pub fov: FovArg,
+    /// Keep only 3D components touching the painted voxels (support), or everything (all).
+    #[arg(long, value_enum, default_value = "support")]
+    pub components: ComponentsArg,
+    /// Only these label values, comma separated (default: every label in the support).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<u16>>,
+}
+
+fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
+    match s {
+        "auto" => Ok(AxisChoice::Auto),
+        "i" | "0" => Ok(AxisChoice::Fixed(0)),
+        "j" | "1" => Ok(AxisChoice::Fixed(1)),
+        "k" | "2" => Ok(AxisChoice::Fixed(2)),
+        _ => Err(format!("'{s}': expected i, j, k or auto")),
+    }
+}
+
+fn parse_extent(s: &str) -> std::result::Result<ExtentMode, String> {
+    match s {
+        "auto" => Ok(ExtentMode::Auto),
+        "all" => Ok(ExtentMode::All),
+        r => {
+            let (a, b) = r.split_once(':').ok_or(format!("'{r}': expected auto, all or A:B"))?;
+            let a = a.trim().parse::<usize>().map_err(|_| format!("'{r}': A must be a slice index"))?;
+            let b = b.trim().parse::<usize>().map_err(|_| format!("'{r}': B must be a slice index"))?;
+            Ok(ExtentMode::Range(a, b))
+        }
+    }
+}
+
+impl ModelArgs {
+    pub fn load_model(&self) -> Result<Model> {
+        let path = match &self.weights {
+            Some(p) => p.clone(),
+            None => weights::default_model_path()?,
+        };
+        Model::load(&path, &device_from_name(Some(&self.device))?)
+    }
+
+    pub fn options(&self) -> SegmentOptions {
+        SegmentOptions {
+            axis: self.axis,
+            modality: match self.modality {
+                ModalityArg::Auto => ModalityChoice::Auto,
+                ModalityArg::Ct => ModalityChoice::Ct,
+                ModalityArg::Mri => ModalityChoice::Mri,
+            },
+            extent: self.extent,
+            fov: match self.fov {
+                FovArg::Slice => FovMode::Slice,
+                FovArg::Auto => FovMode::Auto,
+            },
+            components: match self.components {
+                ComponentsArg::Support => ComponentsMode::Support,
+                ComponentsArg::All => ComponentsMode::All,
+            },
+            classes: self.classes.clone(),
+            ..SegmentOptions::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SegmentArgs {
+    /// CT or MRI volume: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or a DICOM series folder.
+    image: PathBuf,
+    /// Label volume on the image's grid with the structure painted on one or more slices.
+    #[arg(long)]
+    support: PathBuf,
+    /// Output label volume (.nii, .nii.gz, .nrrd, .seg.nrrd); written atomically.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Also write a PNG montage of a few slices with the labels overlaid.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    /// No progress bar and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Read the image and its support labels and check that they share a grid.
+pub fn read_pair(image: &Path, labels: &Path) -> Result<(Volume<f32>, Volume<u16>)> {
+    let img = read_image(image)?;
+    let lab = read_labels(labels)?;
+    if !img.geometry.same_grid(&lab.geometry, 1e-3) {
+        return Err(DspnetError::InvalidArgument(format!(
+            "{} is not on the grid of {}: dims {:?} vs {:?}, spacing {:?} vs {:?}, origin {:?} vs {:?}",
+            labels.display(),
+            image.display(),
+            lab.geometry.dims,
+            img.geometry.dims,
+            lab.geometry.spacing,
+            img.geometry.spacing,
+            lab.geometry.origin,
+            img.geometry.origin
+        )));
+    }
+    Ok((img, lab))
+}
+
+/// A progress bar on stderr (hidden when quiet).
+pub fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} slices, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+pub fn run(a: SegmentArgs) -> Result<()> {
+    let (img, lab) = read_pair(&a.image, &a.support)?;
+    estimate_memory(&img)?;
+    let model = a.model.load_model()?;
+    let bar = progress_bar(a.quiet);
+    bar.set_message("segmenting");
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        true
+    };
+    let view = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
+    let (labels, summary) = volume::segment(&model, view, &lab.data, &a.model.options(), &mut progress)?;
+    bar.finish_and_clear();
+    let out = Volume::new(labels, img.geometry.clone())?;
+    write_labels(&a.output, &out, Some(&a.image))?;
+    if let Some(p) = &a.preview {
+        let supports: Vec<usize> = summary.support_slices.values().flatten().copied().collect();
+        let slices = super::preview::pick_slices(&out.data, img.geometry.dims, summary.axis, &supports);
+        super::preview::write_montage(p, &img.data, &out.data, img.geometry.dims, img.geometry.spacing, summary.axis, &slices)?;
+    }
+    if !a.quiet {
+        let voxels: Vec<String> = summary.voxels_per_class.iter().map(|(c, v)| format!("{c}: {v}")).collect();
+        eprintln!(
+            "segmented classes {:?} along {} ({:?}): {} slices processed, voxels per class {{{}}}, {:.1} s -> {}",
+            summary.classes,
+            ["i", "j", "k"][summary.axis],
+            summary.modality,
+            summary.slices_processed,
+            voxels.join(", "),
+            summary.seconds,
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuse volumes whose working set clearly exceeds what a workstation can hold, before allocating it:
+/// the normalised copy (4 B/voxel), per-class scores (4 B/voxel/class) and the output (2 B/voxel).
+pub fn estimate_memory(img: &Volume<f32>) -> Result<()> {
+    let voxels = img.geometry.voxel_count()? as u64;
+    let bytes = voxels.saturating_mul(14);
+    let limit: u64 = std::env::var("DSPNET_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(32 * 1024) * 1024 * 1024;
+    if bytes > limit {
+        return Err(DspnetError::OutOfMemory(format!(
+            "a {:?} volume needs about {} MB of working memory (limit {} MB; set DSPNET_MEMORY_LIMIT_MB to change it)",
+            img.geometry.dims,
+            bytes >> 20,
+            limit >> 20
+        )));
+    }
+    Ok(())
+}

@@ -554,16 +554,7 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
     }
 
     // Merge: the highest foreground score wins; support slices keep the user's labels exactly.
-    let mut out = vec![0u16; n];
-    for (v, o) in out.iter_mut().enumerate() {
-        let mut best = f32::NEG_INFINITY;
-        for (ci, fg) in class_fg.iter().enumerate() {
-            if fg[v] > best {
-                best = fg[v];
-                *o = classes[ci];
-            }
-        }
-    }
+    let mut out = merge_classes(&classes, &class_fg);
     for z in (0..n_slices).filter(|&z| any_label_slice[z]) {
         for v in slice_indices(dims, axis, z) {
             out[v] = support[v];
@@ -585,6 +576,23 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((out, summary))
+}
+
+/// Per voxel, the class whose foreground score is highest among the classes that predict it
+/// (`class_fg[c][v]` is −∞ where class c does not); 0 where none does. Ties go to the earlier class.
+pub fn merge_classes(classes: &[u16], class_fg: &[Vec<f32>]) -> Vec<u16> {
+    let n = class_fg.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|v| {
+            let mut best = (f32::NEG_INFINITY, 0u16);
+            for (c, fg) in classes.iter().zip(class_fg) {
+                if fg[v] > best.0 {
+                    best = (fg[v], *c);
+                }
+            }
+            best.1
+        })
+        .collect()
 }
 
 /// Get `key` from the cache or compute and store it.
@@ -618,6 +626,35 @@ mod tests {
         assert_eq!(nearest(&[2, 6], 5), 6);
         assert_eq!(nearest(&[2, 6], 0), 2);
         assert_eq!(nearest(&[2, 6], 9), 6);
+    }
+
+    #[test]
+    fn fov_window_is_square_in_mm_and_inside_the_slice() {
+        let vol = PreparedVolume {
+            normalized: vec![],
+            dims: [200, 100, 1],
+            axis: 2,
+            rows: 100,
+            cols: 200,
+            pixel_spacing: [2.0, 1.0],
+            pad: 0.0,
+            modality: Modality::Mri,
+        };
+        // A 10x10 pixel structure (20 mm x 10 mm) at rows 5..=14, cols 190..=199.
+        let w = vol.fov_window([5, 190, 14, 199], 1.0).unwrap();
+        // Side: max(3 x 20 mm, 48 mm) = 60 mm = 30 rows of 2 mm, 60 columns of 1 mm; shifted inside.
+        assert_eq!(w, [0.0, 140.0, 30.0, 60.0]);
+        assert!(touches_border(w, [0, 150, 29, 199], 100, 200));
+        assert!(!touches_border(w, [5, 150, 20, 199], 100, 200), "the slice edge is not a window border");
+        // A structure as large as the slice needs no window.
+        assert_eq!(vol.fov_window([0, 0, 99, 199], 1.0), None);
+    }
+
+    #[test]
+    fn merge_picks_highest_score() {
+        let ninf = f32::NEG_INFINITY;
+        let fg = vec![vec![1.0, ninf, 5.0, ninf, 2.0], vec![3.0, ninf, 4.0, 0.5, 2.0]];
+        assert_eq!(merge_classes(&[7, 9], &fg), vec![9, 0, 7, 9, 7]);
     }
 
     #[test]

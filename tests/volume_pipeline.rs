@@ -1,0 +1,188 @@
+//! The volume protocol through the library API, on a real CT crop with synthetic weights: axis handling,
+//! multi-class merging, the auto extent's stopping rule, cancellation, the auto field of view.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use common::*;
+use dspnet::io::{read_image, read_labels, Volume};
+use dspnet::model::Model;
+use dspnet::volume::{segment, AxisChoice, ComponentsMode, ExtentMode, FovMode, SegmentOptions, VolumeRef};
+use dspnet::DspnetError;
+
+fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(weights(), &Device::Cpu).unwrap())
+}
+
+/// CT crop: 80x72 in-plane (non-square, anisotropic spacing), 7 slices; support on slice 3.
+fn ct() -> (Volume<f32>, Volume<u16>, Volume<u16>) {
+    let img = read_image(&data("ct-liver/image.nii.gz")).unwrap();
+    let lab = read_labels(&data("ct-liver/labels.nii.gz")).unwrap();
+    let (lo, hi) = ([20, 30, 60], [100, 102, 67]);
+    let (mut img, mut gt) = (crop(&img, lo, hi), crop(&lab, lo, hi));
+    for v in [&mut img.geometry, &mut gt.geometry] {
+        v.spacing = [0.8, 0.8, 2.5];
+    }
+    let mut sup = gt.clone();
+    let plane = 80 * 72;
+    for (v, l) in sup.data.iter_mut().enumerate() {
+        if v / plane != 3 {
+            *l = 0;
+        }
+    }
+    (img, gt, sup)
+}
+
+fn view(v: &Volume<f32>) -> VolumeRef<'_> {
+    VolumeRef { data: &v.data, dims: v.geometry.dims, spacing: v.geometry.spacing }
+}
+
+fn run(img: &Volume<f32>, sup: &[u16], opts: &SegmentOptions) -> Result<(Vec<u16>, dspnet::volume::SegmentSummary), DspnetError> {
+    segment(model(), view(img), sup, opts, &mut |_, _| true)
+}
+
+#[test]
+fn permuted_volume_gives_permuted_result() {
+    let (img, _, sup) = ct();
+    let opts = SegmentOptions { extent: ExtentMode::All, ..Default::default() };
+    let (out, summary) = run(&img, &sup.data, &opts).unwrap();
+    assert_eq!(summary.axis, 2);
+    // T[k, i, j] = V[i, j, k]: the slice axis becomes 0, and each slice image (rows j, columns i) is
+    // the same picture, so the result must be the same labels, permuted.
+    let [ni, nj, nk] = img.geometry.dims;
+    let dims_t = [nk, ni, nj];
+    let permute = |v: &[u16]| -> Vec<u16> {
+        let mut t = vec![0u16; v.len()];
+        for k in 0..nk {
+            for j in 0..nj {
+                for i in 0..ni {
+                    t[k + nk * (i + ni * j)] = v[i + ni * (j + nj * k)];
+                }
+            }
+        }
+        t
+    };
+    let mut img_t = vec![0f32; img.data.len()];
+    for k in 0..nk {
+        for j in 0..nj {
+            for i in 0..ni {
+                img_t[k + nk * (i + ni * j)] = img.data[i + ni * (j + nj * k)];
+            }
+        }
+    }
+    let sp = img.geometry.spacing;
+    let view_t = VolumeRef { data: &img_t, dims: dims_t, spacing: [sp[2], sp[0], sp[1]] };
+    let (out_t, summary_t) = segment(model(), view_t, &permute(&sup.data), &opts, &mut |_, _| true).unwrap();
+    assert_eq!(summary_t.axis, 0, "auto axis must follow the painting");
+    assert_eq!(out_t, permute(&out));
+}
+
+#[test]
+fn classes_merge_by_foreground_score_not_label_order() {
+    let (img, _, sup) = ct();
+    let base = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, ..Default::default() };
+    let plane = 80 * 72;
+    // Split the painted liver into two classes (left / right half of the support slice), both ways round.
+    let mut overlap_winner_is_left = Vec::new();
+    for left_label in [1u16, 2] {
+        let right_label = 3 - left_label;
+        let mut two = sup.data.clone();
+        for (v, l) in two.iter_mut().enumerate() {
+            if *l == 1 {
+                *l = if v % 80 < 40 { left_label } else { right_label };
+            }
+        }
+        let (merged, summary) = run(&img, &two, &base).unwrap();
+        assert_eq!(summary.classes, vec![1, 2]);
+        let (only1, _) = run(&img, &two, &SegmentOptions { classes: Some(vec![1]), ..base.clone() }).unwrap();
+        let (only2, _) = run(&img, &two, &SegmentOptions { classes: Some(vec![2]), ..base.clone() }).unwrap();
+        let mut left_wins = 0usize;
+        let mut overlap = 0usize;
+        for v in (0..merged.len()).filter(|v| v / plane != 3) {
+            let (a, b) = (only1[v] == 1, only2[v] == 2);
+            match merged[v] {
+                0 => assert!(!a && !b, "voxel {v}: a class predicted it alone, the merge dropped it"),
+                1 => assert!(a, "voxel {v}: labelled 1 but class 1 alone does not predict it"),
+                2 => assert!(b, "voxel {v}: labelled 2 but class 2 alone does not predict it"),
+                other => panic!("unexpected label {other}"),
+            }
+            if a && b {
+                overlap += 1;
+                left_wins += usize::from(merged[v] == left_label);
+            }
+        }
+        assert!(overlap > 0, "the test needs overlapping predictions to exercise the merge");
+        overlap_winner_is_left.push(left_wins);
+        // Support slice: the user's two labels, untouched.
+        assert_eq!(&merged[3 * plane..4 * plane], &two[3 * plane..4 * plane]);
+    }
+    // Swapping the label values must not change which region wins where both predict: the winner follows
+    // the scores, not the order of the classes.
+    assert_eq!(overlap_winner_is_left[0], overlap_winner_is_left[1]);
+}
+
+#[test]
+fn auto_extent_stops_after_patience_misses() {
+    let (img, _, sup) = ct();
+    // A threshold no prediction can reach makes every outward slice a miss: exactly `patience` slices are
+    // scored on each side of the support, and the slices beyond stay empty.
+    let opts = SegmentOptions { extent_patience: 2, extent_min_fraction: 1e9, components: ComponentsMode::All, ..Default::default() };
+    let (out, summary) = run(&img, &sup.data, &opts).unwrap();
+    assert_eq!(summary.slices_processed, 4);
+    let plane = 80 * 72;
+    for k in 0..7 {
+        let any = out[k * plane..(k + 1) * plane].iter().any(|&l| l != 0);
+        assert_eq!(any, (1..=5).contains(&k), "slice {k}");
+    }
+}
+
+#[test]
+fn cancel_from_progress_returns_cancelled() {
+    let (img, _, sup) = ct();
+    let mut calls = Vec::new();
+    let r = segment(model(), view(&img), &sup.data, &SegmentOptions { extent: ExtentMode::All, ..Default::default() }, &mut |d, t| {
+        calls.push((d, t));
+        d < 2
+    });
+    assert!(matches!(r, Err(DspnetError::Cancelled)), "{r:?}");
+    assert_eq!(calls.last(), Some(&(2, 6)));
+}
+
+#[test]
+fn auto_fov_runs_and_keeps_support() {
+    let (img, _, mut sup) = ct();
+    // A small structure: keep a 12x12 pixel patch of the painted liver.
+    let plane = 80 * 72;
+    let painted: Vec<usize> = (3 * plane..4 * plane).filter(|&v| sup.data[v] == 1).collect();
+    let (ci, cj) = (painted.iter().map(|v| v % 80).sum::<usize>() / painted.len(), painted.iter().map(|v| (v % plane) / 80).sum::<usize>() / painted.len());
+    for (v, l) in sup.data.iter_mut().enumerate() {
+        let (i, j) = (v % 80, (v % plane) / 80);
+        if i.abs_diff(ci) > 6 || j.abs_diff(cj) > 6 {
+            *l = 0;
+        }
+    }
+    assert!(sup.data.iter().any(|&l| l == 1));
+    let base = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, ..Default::default() };
+    let (windowed, summary) = run(&img, &sup.data, &SegmentOptions { fov: FovMode::Auto, ..base }).unwrap();
+    assert_eq!(summary.slices_processed, 6);
+    assert!(windowed.iter().any(|&l| l == 1));
+    assert_eq!(&windowed[3 * plane..4 * plane], &sup.data[3 * plane..4 * plane]);
+}
+
+#[test]
+fn bad_arguments_are_rejected() {
+    let (img, _, sup) = ct();
+    let o = SegmentOptions::default();
+    let short = &sup.data[..10];
+    assert!(matches!(run(&img, short, &o), Err(DspnetError::Shape(_))));
+    let bad_spacing = VolumeRef { spacing: [0.0, 1.0, 1.0], ..view(&img) };
+    assert!(matches!(segment(model(), bad_spacing, &sup.data, &o, &mut |_, _| true), Err(DspnetError::InvalidArgument(_))));
+    assert!(matches!(run(&img, &sup.data, &SegmentOptions { axis: AxisChoice::Fixed(3), ..o.clone() }), Err(DspnetError::InvalidArgument(_))));
+    assert!(matches!(run(&img, &sup.data, &SegmentOptions { classes: Some(vec![4]), ..o.clone() }), Err(DspnetError::EmptySupport(_))));
+    let mut nan = img.clone();
+    nan.data[5] = f32::NAN;
+    assert!(matches!(run(&nan, &sup.data, &o), Err(DspnetError::NonFinite(_))));
+}

@@ -37,6 +37,9 @@ pub struct EvalArgs {
     /// One JSON object on stdout instead of a table.
     #[arg(long)]
     json: bool,
+    /// one-slice: also write a PNG montage of the prediction.
+    #[arg(long)]
+    preview: Option<PathBuf>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -49,7 +52,20 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if a.support_image.is_some() {
                 return Err(DspnetError::InvalidArgument("--support-image applies to --protocol alpnet only".into()));
             }
-            evaluate_one_slice(&model, q, &gt.data, &opts)?
+            let (scores, prediction) = evaluate_one_slice(&model, q, &gt.data, &opts)?;
+            if let Some(p) = &a.preview {
+                let axis = match opts.axis {
+                    dspnet::volume::AxisChoice::Fixed(a) => a,
+                    dspnet::volume::AxisChoice::Auto => 2,
+                };
+                let supports: Vec<usize> = scores.iter().flat_map(|s| s.support_slices.clone()).collect();
+                let slices = super::preview::pick_slices(&prediction, img.geometry.dims, axis, &supports);
+                super::preview::write_montage(p, &img.data, &prediction, img.geometry.dims, img.geometry.spacing, axis, &slices)?;
+            }
+            scores
+        }
+        Protocol::Alpnet if a.preview.is_some() => {
+            return Err(DspnetError::InvalidArgument("--preview applies to --protocol one-slice only".into()))
         }
         Protocol::Alpnet => match (&a.support_image, &a.support_labels) {
             (Some(si), Some(sl)) => {

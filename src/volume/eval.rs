@@ -69,11 +69,12 @@ fn classes_of(gt: &[u16], wanted: &Option<Vec<u16>>) -> Result<Vec<u16>> {
 }
 
 /// `one-slice`: for each class, the middle slice of its extent is the only support; the whole volume is
-/// segmented with `opts` (as a user would) and scored.
-pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts: &SegmentOptions) -> Result<Vec<ClassScore>> {
+/// segmented with `opts` (as a user would) and scored. Also returns the predictions, classes overlaid.
+pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts: &SegmentOptions) -> Result<(Vec<ClassScore>, Vec<u16>)> {
     let dims = image.dims;
     let axis = fixed_axis(opts.axis)?;
     let mut out = Vec::new();
+    let mut overlay = vec![0u16; gt.len()];
     for label in classes_of(gt, &opts.classes)? {
         let t0 = Instant::now();
         let (lo, hi) = class_extent(gt, dims, axis, label).expect("class present");
@@ -92,6 +93,11 @@ pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts:
         let o = SegmentOptions { axis: AxisChoice::Fixed(axis), classes: Some(vec![label]), ..opts.clone() };
         let (pred, summary) = segment(model, image, &support, &o, &mut |_, _| true)?;
         let whole = dice(pred.iter().zip(gt).map(|(&p, &t)| (p == label, t == label)));
+        for (o, &p) in overlay.iter_mut().zip(&pred) {
+            if p == label {
+                *o = label;
+            }
+        }
         let inside = dice((lo..=hi).flat_map(|z| slice_indices(dims, axis, z)).map(|v| (pred[v] == label, gt[v] == label)));
         out.push(ClassScore {
             label,
@@ -103,7 +109,7 @@ pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts:
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
-    Ok(out)
+    Ok((out, overlay))
 }
 
 /// `alpnet` (spec §3.2): the query's class extent is cut into 3 chunks; chunk k is segmented with the

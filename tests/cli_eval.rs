@@ -1,0 +1,81 @@
+//! `dspnet eval` protocols, and `dspnet segment` on the MRI demo and on a DICOM series folder.
+
+mod common;
+
+use common::*;
+use dspnet::io::{read_image, read_labels, Volume};
+
+#[test]
+fn eval_one_slice_and_alpnet_report_dice_per_class() {
+    let case = ct_case("eval", 3);
+    let png = case.dir.join("p.png");
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--preview", png]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["protocol"], "one-slice");
+    let c = &j["classes"][0];
+    assert_eq!(c["label"], 1);
+    let d = c["dice"].as_f64().unwrap();
+    assert!(d > 0.0 && d <= 1.0, "{d}");
+    // The liver spans all 8 crop slices: the middle one (3) is the support, the 7 others are scored.
+    assert_eq!(c["support_slices"], serde_json::json!([3]));
+    assert_eq!(c["slices_processed"], 7);
+    assert!(png.exists());
+
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--protocol", "alpnet", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &j["classes"][0];
+    // Supports at 1/6, 1/2, 5/6 of the 8 labelled slices: indices 1, 4, 6; all 8 slices scored.
+    assert_eq!(c["support_slices"], serde_json::json!([1, 4, 6]));
+    assert_eq!(c["slices_processed"], 8);
+    assert_eq!(c["extent"], serde_json::json!([0, 7]));
+}
+
+#[test]
+fn mri_deep_grey_two_classes() {
+    let dir = tempdir("mri");
+    let img = crop(&read_image(&data("mri-brain-aal/image.nii.gz")).unwrap(), [0, 0, 48], [100, 120, 54]);
+    let lab = crop(&read_labels(&data("mri-brain-aal/labels.nii.gz")).unwrap(), [0, 0, 48], [100, 120, 54]);
+    let plane = 100 * 120;
+    // Thalamus L (77) and R (78) painted on crop slice 2 only.
+    let sup: Vec<u16> = lab.data.iter().enumerate().map(|(v, &l)| if v / plane == 2 && (l == 77 || l == 78) { l } else { 0 }).collect();
+    assert!(sup.iter().any(|&l| l == 77) && sup.iter().any(|&l| l == 78));
+    let (image, support, out) = (dir.join("t1.nrrd"), dir.join("sup.nii.gz"), dir.join("out.seg.nrrd"));
+    write_f32_nrrd(&image, &img);
+    dspnet::io::write_labels(&support, &Volume::new(sup.clone(), lab.geometry.clone()).unwrap(), None).unwrap();
+    let o = dspnet(args!["segment", image, "--support", support, "-o", out, "--weights", weights(), "--extent", "all", "--modality", "mri"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = stderr(&o);
+    assert!(summary.contains("classes [77, 78]") && summary.contains("10 slices processed"), "{summary}");
+    let res = read_labels(&out).unwrap();
+    assert!(res.geometry.same_grid(&img.geometry, 1e-6));
+    assert_eq!(&res.data[2 * plane..3 * plane], &sup[2 * plane..3 * plane]);
+    assert!(res.data.iter().all(|&l| l == 0 || l == 77 || l == 78));
+}
+
+#[test]
+fn dicom_series_folder_as_input() {
+    let dir = tempdir("dicom");
+    let series = data("mri-brain-dicom");
+    let img = read_image(&series).unwrap();
+    let [ni, nj, nk] = img.geometry.dims;
+    // A disc painted on the middle slice.
+    let k0 = nk / 2;
+    let sup: Vec<u16> = (0..ni * nj * nk)
+        .map(|v| {
+            let (i, j, k) = (v % ni, (v / ni) % nj, v / (ni * nj));
+            let (di, dj) = (i as f64 - ni as f64 / 2.0, j as f64 - nj as f64 / 2.0);
+            u16::from(k == k0 && di * di + dj * dj < (ni as f64 / 8.0).powi(2))
+        })
+        .collect();
+    let support = dir.join("sup.nrrd");
+    dspnet::io::write_labels(&support, &Volume::new(sup, img.geometry.clone()).unwrap(), None).unwrap();
+    let out = dir.join("out.nii.gz");
+    let range = format!("{}:{}", k0 - 1, k0 + 1);
+    let o = dspnet(args!["segment", series, "--support", support, "-o", out, "--weights", weights(), "--extent", range, "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let res = read_labels(&out).unwrap();
+    // Oblique DICOM geometry survives NIfTI's float32 affine to ~1e-5 mm.
+    assert!(res.geometry.same_grid(&img.geometry, 1e-3), "{:?} vs {:?}", res.geometry, img.geometry);
+}

@@ -1,0 +1,626 @@
+"""ctypes binding of libdspnet's C ABI (``include/dspnet.h``, ABI version 1).
+
+Plain Python + numpy: no Slicer, no Qt. Usable from Slicer, from batch scripts and from any other tool::
+
+    from FewShotSegmentLib import binding
+    model = binding.Model("weights.safetensors", device="cpu")
+    labels, summary = binding.segment(model, image_kji, support_kji, spacing_ijk=(0.8, 0.8, 2.5))
+
+Arrays are indexed ``[k, j, i]`` (numpy's C order, i fastest): exactly the layout of the C API's
+``dspnet_volume_t`` and of Slicer's ``slicer.util.arrayFromVolume``, so such arrays are passed to the
+library without a copy. Spacing and the slice axis are given in the C API's own order, **i, j, k**
+(``volumeNode.GetSpacing()``; axis 0 = i, 1 = j, 2 = k). Arrays indexed ``[i, j, k]`` (pynrrd, nibabel)
+can be passed with ``index_order="ijk"``: they are transposed as views (no copy when Fortran-ordered)
+and the result comes back in the same order.
+
+Where the library is found (first hit wins): ``$DSPNET_LIBRARY`` (a file, or a folder holding
+``libdspnet.so``); the extension's own library folders (``FewShotSegmentLib/lib``, ``FewShotSegment/lib``
+and the Slicer extension's ``lib/Slicer-X.Y`` folder); then the system's (``LD_LIBRARY_PATH``, the
+loader cache, ``ctypes.util.find_library``).
+
+Every failing status becomes a :class:`DspnetError` subclass carrying the status code, its name and the
+library's message. ``dspnet_segment`` runs with the GIL released (ctypes releases it for every call into
+a ``CDLL``), so other Python threads, Slicer's GUI among them, keep running; progress callbacks run on
+the calling thread.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ABI_VERSION",
+    "DspnetError", "NullArgumentError", "InvalidArgumentError", "ShapeError", "NonFiniteError",
+    "NoSupportError", "DspnetIOError", "ModelFormatError", "VolumeFormatError", "BackendUnavailableError",
+    "DspnetOutOfMemoryError", "CancelledError", "BackendError", "PanicError", "LibraryNotFoundError",
+    "Library", "load_library", "library_candidates", "Model", "Summary", "segment",
+]
+
+#: The ABI major version this binding was written for (``DSPNET_ABI_VERSION`` of include/dspnet.h).
+ABI_VERSION = 1
+
+# Status codes (enum dspnet_status_t).
+DSPNET_OK = 0
+DSPNET_ERROR_NULL_ARGUMENT = 1
+DSPNET_ERROR_INVALID_ARGUMENT = 2
+DSPNET_ERROR_SHAPE = 3
+DSPNET_ERROR_NON_FINITE = 4
+DSPNET_ERROR_NO_SUPPORT = 5
+DSPNET_ERROR_IO = 6
+DSPNET_ERROR_MODEL_FORMAT = 7
+DSPNET_ERROR_VOLUME_FORMAT = 8
+DSPNET_ERROR_BACKEND_UNAVAILABLE = 9
+DSPNET_ERROR_OUT_OF_MEMORY = 10
+DSPNET_ERROR_CANCELLED = 11
+DSPNET_ERROR_BACKEND = 12
+DSPNET_ERROR_PANIC = 13
+
+# DSPNET_DTYPE_*
+_DTYPES = {
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int8): 2,
+    np.dtype(np.uint16): 3,
+    np.dtype(np.int16): 4,
+    np.dtype(np.uint32): 5,
+    np.dtype(np.int32): 6,
+    np.dtype(np.float32): 7,
+    np.dtype(np.float64): 8,
+}
+MODALITY = {"auto": 0, "ct": 1, "mri": 2}
+EXTENT_AUTO, EXTENT_ALL, EXTENT_RANGE = 0, 1, 2
+FOV = {"slice": 0, "auto": 1}
+COMPONENTS = {"support": 0, "all": 1}
+_AXES = {"i": 0, "j": 1, "k": 2}
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+class DspnetError(RuntimeError):
+    """A libdspnet call failed. ``status`` is the dspnet_status_t value, ``status_name`` its name
+    ("DSPNET_ERROR_IO", ...), ``message`` the library's own description (dspnet_last_error_message)."""
+
+    status = None
+
+    def __init__(self, message, status=None, status_name=None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.status_name = status_name or _STATUS_NAMES.get(self.status, "DSPNET_ERROR_UNKNOWN")
+
+    def __str__(self):
+        return self.message
+
+
+class NullArgumentError(DspnetError):
+    status = DSPNET_ERROR_NULL_ARGUMENT
+
+
+class InvalidArgumentError(DspnetError, ValueError):
+    status = DSPNET_ERROR_INVALID_ARGUMENT
+
+
+class ShapeError(DspnetError, ValueError):
+    status = DSPNET_ERROR_SHAPE
+
+
+class NonFiniteError(DspnetError, ValueError):
+    status = DSPNET_ERROR_NON_FINITE
+
+
+class NoSupportError(DspnetError, ValueError):
+    status = DSPNET_ERROR_NO_SUPPORT
+
+
+class DspnetIOError(DspnetError, OSError):
+    status = DSPNET_ERROR_IO
+
+
+class ModelFormatError(DspnetError):
+    status = DSPNET_ERROR_MODEL_FORMAT
+
+
+class VolumeFormatError(DspnetError):
+    status = DSPNET_ERROR_VOLUME_FORMAT
+
+
+class BackendUnavailableError(DspnetError):
+    status = DSPNET_ERROR_BACKEND_UNAVAILABLE
+
+
+class DspnetOutOfMemoryError(DspnetError, MemoryError):
+    status = DSPNET_ERROR_OUT_OF_MEMORY
+
+
+class CancelledError(DspnetError):
+    """The run was cancelled through the progress callback; the output was not touched."""
+    status = DSPNET_ERROR_CANCELLED
+
+
+class BackendError(DspnetError):
+    status = DSPNET_ERROR_BACKEND
+
+
+class PanicError(DspnetError):
+    """A bug inside libdspnet (a caught Rust panic). The process is unaffected."""
+    status = DSPNET_ERROR_PANIC
+
+
+class LibraryNotFoundError(ImportError):
+    """libdspnet could not be loaded, or its ABI does not match this binding."""
+
+
+_ERROR_CLASSES = {cls.status: cls for cls in (
+    NullArgumentError, InvalidArgumentError, ShapeError, NonFiniteError, NoSupportError, DspnetIOError,
+    ModelFormatError, VolumeFormatError, BackendUnavailableError, DspnetOutOfMemoryError, CancelledError,
+    BackendError, PanicError)}
+_STATUS_NAMES = {
+    0: "DSPNET_OK", 1: "DSPNET_ERROR_NULL_ARGUMENT", 2: "DSPNET_ERROR_INVALID_ARGUMENT", 3: "DSPNET_ERROR_SHAPE",
+    4: "DSPNET_ERROR_NON_FINITE", 5: "DSPNET_ERROR_NO_SUPPORT", 6: "DSPNET_ERROR_IO",
+    7: "DSPNET_ERROR_MODEL_FORMAT", 8: "DSPNET_ERROR_VOLUME_FORMAT", 9: "DSPNET_ERROR_BACKEND_UNAVAILABLE",
+    10: "DSPNET_ERROR_OUT_OF_MEMORY", 11: "DSPNET_ERROR_CANCELLED", 12: "DSPNET_ERROR_BACKEND",
+    13: "DSPNET_ERROR_PANIC",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# C structs (field order and types exactly as in include/dspnet.h)
+# --------------------------------------------------------------------------------------------------
+
+PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t)
+
+
+class dspnet_volume_t(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p),
+        ("dtype", ctypes.c_uint32),
+        ("dims", ctypes.c_size_t * 3),
+        ("spacing", ctypes.c_double * 3),
+    ]
+
+
+class dspnet_segment_options_t(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("slice_axis", ctypes.c_int),
+        ("modality", ctypes.c_uint32),
+        ("extent", ctypes.c_uint32),
+        ("extent_first", ctypes.c_size_t),
+        ("extent_last", ctypes.c_size_t),
+        ("fov", ctypes.c_uint32),
+        ("components", ctypes.c_uint32),
+        ("classes", ctypes.POINTER(ctypes.c_uint16)),
+        ("num_classes", ctypes.c_size_t),
+        ("progress", PROGRESS_FN),
+        ("user_data", ctypes.c_void_p),
+    ]
+
+
+class dspnet_segment_summary_t(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("slice_axis", ctypes.c_int),
+        ("modality", ctypes.c_uint32),
+        ("num_classes", ctypes.c_size_t),
+        ("slices_processed", ctypes.c_size_t),
+        ("labelled_voxels", ctypes.c_size_t),
+        ("seconds", ctypes.c_double),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding and loading the library
+# --------------------------------------------------------------------------------------------------
+
+_LIB_NAMES = {
+    "linux": ["libdspnet.so", "libdspnet.so.%d" % ABI_VERSION],
+    "darwin": ["libdspnet.dylib", "libdspnet.%d.dylib" % ABI_VERSION],
+    "win32": ["dspnet.dll"],
+}.get(sys.platform if sys.platform in ("darwin", "win32") else "linux")
+
+
+def _extension_library_dirs():
+    """The extension's own folders that may hold libdspnet, most specific first."""
+    here = os.path.dirname(os.path.abspath(__file__))          # .../FewShotSegmentLib
+    module_dir = os.path.dirname(here)                           # .../FewShotSegment or qt-scripted-modules
+    dirs = [os.path.join(here, "lib"), os.path.join(module_dir, "lib")]
+    # Installed extension: <ext>/lib/Slicer-X.Y/qt-scripted-modules/FewShotSegmentLib/binding.py; prebuilt
+    # third-party libraries go to <ext>/lib/Slicer-X.Y (Slicer_INSTALL_THIRDPARTY_LIB_DIR).
+    parent = os.path.dirname(module_dir)
+    if os.path.basename(module_dir) == "qt-scripted-modules":
+        dirs += [parent, os.path.join(parent, "qt-loadable-modules")]
+    return dirs
+
+
+def library_candidates():
+    """Paths tried, in order, when no explicit path is given (for error messages and diagnostics)."""
+    cands = []
+    env = os.environ.get("DSPNET_LIBRARY")
+    if env:
+        if os.path.isdir(env):
+            cands += [os.path.join(env, n) for n in _LIB_NAMES]
+        else:
+            cands.append(env)
+    for d in _extension_library_dirs():
+        cands += [os.path.join(d, n) for n in _LIB_NAMES]
+    return cands
+
+
+class Library:
+    """A loaded libdspnet with its function prototypes declared. Use :func:`load_library`."""
+
+    def __init__(self, path):
+        try:
+            cdll = ctypes.CDLL(path)
+        except OSError as e:
+            raise LibraryNotFoundError(f"cannot load libdspnet from {path}: {e}") from e
+        self.path = getattr(cdll, "_name", path)
+        self._cdll = cdll
+        try:
+            self._declare(cdll)
+        except AttributeError as e:
+            raise LibraryNotFoundError(f"{path} is not libdspnet (or a too old one): {e}") from e
+        abi = cdll.dspnet_abi_version()
+        if abi != ABI_VERSION:
+            raise LibraryNotFoundError(
+                f"{path} has C ABI version {abi}, this binding needs version {ABI_VERSION}; "
+                "install a matching libdspnet or a matching extension")
+        self.abi_version = abi
+        self.version = cdll.dspnet_version().decode("utf-8", "replace")
+
+    @staticmethod
+    def _declare(lib):
+        lib.dspnet_abi_version.restype = ctypes.c_uint32
+        lib.dspnet_abi_version.argtypes = []
+        lib.dspnet_version.restype = ctypes.c_char_p
+        lib.dspnet_version.argtypes = []
+        lib.dspnet_last_error_message.restype = ctypes.c_char_p
+        lib.dspnet_last_error_message.argtypes = []
+        lib.dspnet_model_load.restype = ctypes.c_int
+        lib.dspnet_model_load.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.dspnet_model_free.restype = None
+        lib.dspnet_model_free.argtypes = [ctypes.c_void_p]
+        lib.dspnet_segment_options_init.restype = None
+        lib.dspnet_segment_options_init.argtypes = [ctypes.POINTER(dspnet_segment_options_t)]
+        seg_args = [ctypes.c_void_p, ctypes.POINTER(dspnet_volume_t), ctypes.c_void_p, ctypes.c_void_p,
+                    ctypes.POINTER(dspnet_segment_options_t)]
+        lib.dspnet_segment.restype = ctypes.c_int
+        lib.dspnet_segment.argtypes = seg_args
+        # Optional functions (present in the header, not in the minimal contract).
+        if hasattr(lib, "dspnet_segment_with_summary"):
+            lib.dspnet_segment_with_summary.restype = ctypes.c_int
+            lib.dspnet_segment_with_summary.argtypes = seg_args + [ctypes.POINTER(dspnet_segment_summary_t)]
+        if hasattr(lib, "dspnet_status_name"):
+            lib.dspnet_status_name.restype = ctypes.c_char_p
+            lib.dspnet_status_name.argtypes = [ctypes.c_int]
+        if hasattr(lib, "dspnet_model_device"):
+            lib.dspnet_model_device.restype = ctypes.c_char_p
+            lib.dspnet_model_device.argtypes = [ctypes.c_void_p]
+
+    @property
+    def has_summary(self):
+        return hasattr(self._cdll, "dspnet_segment_with_summary")
+
+    def check(self, status, what):
+        """Raise the exception for a non-zero status. Must run on the thread that made the call,
+        right after it: the message is thread-local and valid until the next libdspnet call."""
+        if status == DSPNET_OK:
+            return
+        raw = self._cdll.dspnet_last_error_message() or b""
+        message = raw.decode("utf-8", "replace") or f"{what} failed"
+        name = None
+        if hasattr(self._cdll, "dspnet_status_name"):
+            name = self._cdll.dspnet_status_name(int(status)).decode("ascii", "replace")
+        cls = _ERROR_CLASSES.get(int(status), DspnetError)
+        raise cls(message, status=int(status), status_name=name)
+
+    def __repr__(self):
+        return f"<libdspnet {self.version} (ABI {self.abi_version}) at {self.path}>"
+
+
+_library = None
+_library_lock = threading.Lock()
+
+
+def load_library(path=None):
+    """Load libdspnet (once per process unless ``path`` is given) and check its ABI version.
+
+    Raises :class:`LibraryNotFoundError` listing the places searched."""
+    global _library
+    if path is not None:
+        return Library(path)
+    with _library_lock:
+        if _library is not None:
+            return _library
+        env = os.environ.get("DSPNET_LIBRARY")
+        if env:  # an explicit choice that is wrong is an error, not a reason to pick another library
+            wanted = [os.path.join(env, n) for n in _LIB_NAMES] if os.path.isdir(env) else [env]
+            if not any(os.path.isfile(c) for c in wanted):
+                raise LibraryNotFoundError(f"DSPNET_LIBRARY={env}: no libdspnet there (looked for {', '.join(wanted)})")
+        tried = []
+        for cand in library_candidates():
+            if os.path.isfile(cand):
+                _library = Library(cand)  # a file that is there but does not load is an error, not a miss
+                return _library
+            tried.append(cand)
+        # The system: dlopen's own search (LD_LIBRARY_PATH, rpath, loader cache), then find_library.
+        system = list(_LIB_NAMES)
+        found = ctypes.util.find_library("dspnet")
+        if found:
+            system.append(found)
+        for name in system:
+            try:
+                _library = Library(name)
+                return _library
+            except LibraryNotFoundError as e:
+                tried.append(f"{name} ({e})" if "ABI" in str(e) else name)
+        raise LibraryNotFoundError(
+            "libdspnet was not found. Set DSPNET_LIBRARY to the library file (e.g. target/release/libdspnet.so), "
+            "or place it in the extension's library folder. Tried: " + ", ".join(tried))
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+class Model:
+    """A loaded DSPNet model (``dspnet_model_t``). Immutable and shareable between threads.
+
+    ``weights``: a .safetensors file, or None for the default model (``$DSPNET_WEIGHTS``, next to the
+    library, ...; see ``dspnet_model_load``). ``device``: "auto", "cpu", "cuda" or "cuda:N"."""
+
+    def __init__(self, weights=None, device="auto", library=None):
+        self.library = library if library is not None else load_library()
+        self.weights = None if weights in (None, "") else os.fspath(weights)
+        path = os.fsencode(self.weights) if self.weights is not None else None
+        dev = None if device in (None, "", "auto") else str(device).encode("utf-8")
+        handle = ctypes.c_void_p()
+        status = self.library._cdll.dspnet_model_load(path, dev, ctypes.byref(handle))
+        self.library.check(status, "dspnet_model_load")
+        self._handle = handle
+
+    @property
+    def handle(self):
+        if self._handle is None or not self._handle.value:
+            raise ValueError("the model has been closed")
+        return self._handle
+
+    @property
+    def device(self):
+        """"cpu" or "cuda:N" (the device actually used)."""
+        if hasattr(self.library._cdll, "dspnet_model_device"):
+            return self.library._cdll.dspnet_model_device(self.handle).decode("utf-8", "replace")
+        return "unknown"
+
+    def close(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None and handle.value:
+            self.library._cdll.dspnet_model_free(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def segment(self, image, support, spacing_ijk, **kwargs):
+        """Same as :func:`segment` with this model."""
+        return segment(self, image, support, spacing_ijk, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Segmentation
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    """What a run did (``dspnet_segment_summary_t``; fields the library did not report are None)."""
+    slice_axis: int = None
+    modality: str = None
+    num_classes: int = None
+    slices_processed: int = None
+    labelled_voxels: int = None
+    seconds: float = None
+
+
+def _as_image(array):
+    """A C-contiguous, aligned, native-endian array of a dtype the C API takes (no copy when possible)."""
+    a = np.asarray(array)
+    if a.dtype == np.bool_:
+        a = a.view(np.uint8)
+    dt = a.dtype.newbyteorder("=") if a.dtype.byteorder not in ("=", "|") else a.dtype
+    if dt not in _DTYPES:
+        dt = np.dtype(np.float64) if dt.kind in "iu" else np.dtype(np.float32)
+    if a.dtype != dt or not a.flags.c_contiguous or not a.flags.aligned:
+        a = np.ascontiguousarray(a, dtype=dt)
+    return a
+
+
+def _as_u16(array, shape, what):
+    a = np.asarray(array)
+    if a.shape != shape:
+        raise ShapeError(f"{what} has shape {a.shape}, the image {shape}", status=DSPNET_ERROR_SHAPE)
+    if a.dtype.kind == "f" or (a.dtype.kind in "iu" and a.size and (a.min() < 0 or a.max() > 65535)):
+        raise InvalidArgumentError(f"{what} must hold integer labels 0..65535 (got dtype {a.dtype})",
+                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+    if a.dtype != np.dtype(np.uint16) or not a.flags.c_contiguous or not a.flags.aligned:
+        a = np.ascontiguousarray(a, dtype=np.uint16)
+    return a
+
+
+def _axis_value(slice_axis):
+    if slice_axis is None or slice_axis == "auto" or slice_axis == -1:
+        return -1
+    if isinstance(slice_axis, str):
+        if slice_axis not in _AXES:
+            raise InvalidArgumentError(f"slice_axis {slice_axis!r}: expected 'i', 'j', 'k', 0, 1, 2 or None",
+                                       status=DSPNET_ERROR_INVALID_ARGUMENT)
+        return _AXES[slice_axis]
+    if int(slice_axis) not in (0, 1, 2):
+        raise InvalidArgumentError(f"slice_axis {slice_axis!r}: expected 0 (i), 1 (j), 2 (k) or None (auto)",
+                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+    return int(slice_axis)
+
+
+def parse_extent(extent):
+    """"auto", "all", "A:B" or (A, B) -> (mode, first, last). Slice indices are inclusive."""
+    if extent is None or extent == "auto":
+        return EXTENT_AUTO, 0, 0
+    if extent == "all":
+        return EXTENT_ALL, 0, 0
+    if isinstance(extent, str):
+        a, sep, b = extent.partition(":")
+        if not sep:
+            raise InvalidArgumentError(f"extent {extent!r}: expected 'auto', 'all' or 'A:B'",
+                                       status=DSPNET_ERROR_INVALID_ARGUMENT)
+        extent = (a, b)
+    try:
+        first, last = (int(v) for v in extent)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"extent {extent!r}: expected 'auto', 'all', 'A:B' or (A, B)",
+                                   status=DSPNET_ERROR_INVALID_ARGUMENT) from None
+    if first < 0 or last < first:
+        raise InvalidArgumentError(f"extent {first}:{last}: expected 0 <= A <= B",
+                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+    return EXTENT_RANGE, first, last
+
+
+def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
+            fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
+            index_order="kji"):
+    """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
+
+    - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
+      uint8/int8/uint16/int16/uint32/int32/float32/float64 is passed as is (other dtypes are converted).
+    - ``support``: integer labels on the same grid; the slices holding non-zero labels are the support
+      slices, each non-zero value a class. Copied to uint16 unless it already is C-contiguous uint16.
+    - ``spacing_ijk``: voxel size along i, j, k in mm (``volumeNode.GetSpacing()``, not reversed).
+    - ``slice_axis``: None/"auto", 0/"i", 1/"j", 2/"k" (IJK axes, whatever ``index_order``).
+    - ``extent``: "auto", "all", "A:B" or (A, B), inclusive slice indices along the slice axis.
+    - ``progress(done, total)``: called on this thread before any work and after each slice; if it
+      raises, the run is cancelled and the exception re-raised.
+    - ``cancel``: a ``threading.Event`` or a callable returning True to cancel (checked at each slice);
+      a cancelled run raises :class:`CancelledError`.
+    - ``out``: optional uint16 output array of the image's shape and order (may be ``support`` itself).
+
+    Returns ``(labels, summary)``: a uint16 array shaped like ``image`` and a :class:`Summary`.
+    """
+    if not isinstance(model, Model):
+        raise TypeError("model must be a binding.Model")
+    lib = model.library
+    if index_order not in ("kji", "ijk"):
+        raise ValueError("index_order must be 'kji' or 'ijk'")
+    img = np.asarray(image)
+    sup = np.asarray(support)
+    if index_order == "ijk":  # views: [i, j, k] Fortran order is [k, j, i] C order
+        img, sup = img.T, sup.T
+    if img.ndim != 3:
+        raise ShapeError(f"image must be 3D, got shape {img.shape}", status=DSPNET_ERROR_SHAPE)
+    img = _as_image(img)
+    sup = _as_u16(sup, img.shape, "support")
+    if out is None:
+        out_kji = np.empty(img.shape, dtype=np.uint16)
+        out_user = None
+    else:
+        out_user = out
+        out_kji = out.T if index_order == "ijk" else out
+        if (not isinstance(out_kji, np.ndarray) or out_kji.dtype != np.uint16 or out_kji.shape != img.shape
+                or not out_kji.flags.c_contiguous or not out_kji.flags.writeable):
+            raise ValueError("out must be a writeable uint16 array of the image's shape, contiguous in the image's order")
+    spacing = tuple(float(s) for s in spacing_ijk)
+    if len(spacing) != 3:
+        raise ValueError("spacing_ijk must have 3 values (i, j, k)")
+
+    vol = dspnet_volume_t()
+    vol.data = img.ctypes.data
+    vol.dtype = _DTYPES[img.dtype]
+    nk, nj, ni = img.shape
+    vol.dims[:] = (ni, nj, nk)
+    vol.spacing[:] = spacing
+
+    opts = dspnet_segment_options_t()
+    lib._cdll.dspnet_segment_options_init(ctypes.byref(opts))
+    opts.slice_axis = _axis_value(slice_axis)
+    try:
+        opts.modality = MODALITY[str(modality).lower()]
+        opts.fov = FOV[fov]
+        opts.components = COMPONENTS[components]
+    except KeyError as e:
+        raise InvalidArgumentError(f"unknown option value {e}", status=DSPNET_ERROR_INVALID_ARGUMENT) from None
+    opts.extent, opts.extent_first, opts.extent_last = parse_extent(extent)
+    class_buf = None
+    if classes:
+        class_buf = (ctypes.c_uint16 * len(classes))(*[int(c) for c in classes])
+        opts.classes = ctypes.cast(class_buf, ctypes.POINTER(ctypes.c_uint16))
+        opts.num_classes = len(classes)
+
+    state = {"error": None, "total": None}
+    is_cancelled = None
+    if cancel is not None:
+        is_cancelled = cancel.is_set if hasattr(cancel, "is_set") else cancel
+
+    def _progress(_user_data, done, total):
+        # Must never let an exception escape into C: remember it and cancel instead.
+        try:
+            state["total"] = total
+            if progress is not None:
+                progress(int(done), int(total))
+            if is_cancelled is not None and is_cancelled():
+                return 1
+            return 0
+        except BaseException as e:  # noqa: BLE001 - re-raised after the call
+            state["error"] = e
+            return 1
+
+    callback = None
+    if progress is not None or is_cancelled is not None:
+        callback = PROGRESS_FN(_progress)  # kept alive by this frame for the whole call
+        opts.progress = callback
+
+    summary_c = dspnet_segment_summary_t()
+    summary_c.struct_size = ctypes.sizeof(dspnet_segment_summary_t)
+    t0 = time.perf_counter()
+    if lib.has_summary:
+        status = lib._cdll.dspnet_segment_with_summary(model.handle, ctypes.byref(vol), sup.ctypes.data,
+                                                        out_kji.ctypes.data, ctypes.byref(opts),
+                                                        ctypes.byref(summary_c))
+    else:
+        status = lib._cdll.dspnet_segment(model.handle, ctypes.byref(vol), sup.ctypes.data, out_kji.ctypes.data,
+                                          ctypes.byref(opts))
+    seconds = time.perf_counter() - t0
+    if status != DSPNET_OK and state["error"] is not None:
+        raise state["error"]
+    lib.check(status, "dspnet_segment")
+    del class_buf, callback
+
+    if lib.has_summary:
+        summary = Summary(slice_axis=summary_c.slice_axis,
+                          modality={1: "ct", 2: "mri"}.get(summary_c.modality, str(summary_c.modality)),
+                          num_classes=summary_c.num_classes, slices_processed=summary_c.slices_processed,
+                          labelled_voxels=summary_c.labelled_voxels, seconds=summary_c.seconds)
+    else:
+        summary = Summary(slices_processed=state["total"], seconds=seconds,
+                          labelled_voxels=int(np.count_nonzero(out_kji)))
+    if out_user is not None:
+        return out_user, summary
+    return (out_kji.T if index_order == "ijk" else out_kji), summary
+
+
+def version():
+    """(library version string, ABI version) of the library :func:`load_library` finds."""
+    lib = load_library()
+    return lib.version, lib.abi_version

@@ -9,6 +9,7 @@
 //!   cosine-prototype scoring), built once per support slice and applied to any number of queries;
 //! - [`model::Model`]: ties them together on a candle device.
 
+pub mod capi;
 pub mod error;
 pub mod io;
 pub mod model;

@@ -1,0 +1,555 @@
+//! The stable C ABI of libdspnet (`include/dspnet.h`, generated from this module by cbindgen 0.29.4).
+//!
+//! Rules every export follows (see also the header's preamble in `cbindgen.toml`):
+//! - the whole body runs inside [`ffi_boundary!`], so a Rust panic becomes `DSPNET_ERROR_PANIC`;
+//! - every pointer is checked for NULL (and alignment) before use; sizes are multiplied with
+//!   `checked_mul` before any slice is formed;
+//! - enumerations coming *from* C (dtype, modality, ...) are plain `uint32_t` typedefs here and are
+//!   validated by value; no arbitrary integer is ever turned into a Rust enum;
+//! - no pointer the caller passed is kept once a call returns.
+//!
+//! Only items in `src/capi/` reach the header: cbindgen is run on this file, not on the crate.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)]
+
+pub(crate) mod error;
+mod input;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use error::dspnet_status_t;
+use error::{ffi_boundary, Failure};
+
+use crate::model::{device_from_name, Model};
+use crate::volume;
+
+/// Major version of the C ABI. Bumped only on a breaking change (a removed or changed function,
+/// struct field or value); additions keep it. It is also the major number of the shared library's
+/// SONAME (`libdspnet.so.1`). Compare with `dspnet_abi_version()` at run time.
+pub const DSPNET_ABI_VERSION: u32 = 1;
+
+/// Crate (release) version, major part; `dspnet_version()` returns the full string.
+pub const DSPNET_VERSION_MAJOR: u32 = 0;
+/// Crate (release) version, minor part.
+pub const DSPNET_VERSION_MINOR: u32 = 1;
+/// Crate (release) version, patch part.
+pub const DSPNET_VERSION_PATCH: u32 = 0;
+/// The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
+pub const DSPNET_VERSION_NUMBER: u32 = (DSPNET_VERSION_MAJOR << 16) | (DSPNET_VERSION_MINOR << 8) | DSPNET_VERSION_PATCH;
+
+/// Element type of a `dspnet_volume_t` buffer: one of the `DSPNET_DTYPE_*` values.
+///
+/// A plain `uint32_t` rather than a C enum so that its size is fixed and an unknown value from the
+/// caller is reported as `DSPNET_ERROR_INVALID_ARGUMENT` instead of being undefined behaviour.
+/// 0 is deliberately not a valid dtype (catches a zero-initialised struct).
+pub type dspnet_dtype_t = u32;
+/// `uint8_t` voxels.
+pub const DSPNET_DTYPE_U8: dspnet_dtype_t = 1;
+/// `int8_t` voxels.
+pub const DSPNET_DTYPE_I8: dspnet_dtype_t = 2;
+/// `uint16_t` voxels.
+pub const DSPNET_DTYPE_U16: dspnet_dtype_t = 3;
+/// `int16_t` voxels (e.g. CT in Hounsfield units).
+pub const DSPNET_DTYPE_I16: dspnet_dtype_t = 4;
+/// `uint32_t` voxels.
+pub const DSPNET_DTYPE_U32: dspnet_dtype_t = 5;
+/// `int32_t` voxels.
+pub const DSPNET_DTYPE_I32: dspnet_dtype_t = 6;
+/// `float` voxels (used without conversion).
+pub const DSPNET_DTYPE_F32: dspnet_dtype_t = 7;
+/// `double` voxels (converted to float; values outside float's range are rejected as non-finite).
+pub const DSPNET_DTYPE_F64: dspnet_dtype_t = 8;
+
+/// Intensity recipe: one of the `DSPNET_MODALITY_*` values (a `uint32_t`, validated by value).
+pub type dspnet_modality_t = u32;
+/// Guess from the intensities: CT if the 1st percentile is below -200, else MRI.
+pub const DSPNET_MODALITY_AUTO: dspnet_modality_t = 0;
+/// CT in Hounsfield units.
+pub const DSPNET_MODALITY_CT: dspnet_modality_t = 1;
+/// MRI (non-negative arbitrary units).
+pub const DSPNET_MODALITY_MRI: dspnet_modality_t = 2;
+
+/// Which slices are segmented: one of the `DSPNET_EXTENT_*` values (a `uint32_t`).
+pub type dspnet_extent_mode_t = u32;
+/// Propagate outward from the support slices and stop where the structure has vanished.
+pub const DSPNET_EXTENT_AUTO: dspnet_extent_mode_t = 0;
+/// Every slice along the slice axis.
+pub const DSPNET_EXTENT_ALL: dspnet_extent_mode_t = 1;
+/// Slices `extent_first ..= extent_last` (support slices are always kept).
+pub const DSPNET_EXTENT_RANGE: dspnet_extent_mode_t = 2;
+
+/// Field of view fed to the model: one of the `DSPNET_FOV_*` values (a `uint32_t`).
+pub type dspnet_fov_t = u32;
+/// The whole slice, fitted into the model input (the paper's setting).
+pub const DSPNET_FOV_SLICE: dspnet_fov_t = 0;
+/// A window around the structure, following it from slice to slice.
+pub const DSPNET_FOV_AUTO: dspnet_fov_t = 1;
+
+/// Post-processing of each class: one of the `DSPNET_COMPONENTS_*` values (a `uint32_t`).
+pub type dspnet_components_t = u32;
+/// Keep only the 3D connected parts that touch the class's support voxels.
+pub const DSPNET_COMPONENTS_SUPPORT: dspnet_components_t = 0;
+/// Keep everything predicted.
+pub const DSPNET_COMPONENTS_ALL: dspnet_components_t = 1;
+
+/// A loaded DSPNet model (opaque).
+///
+/// Created by `dspnet_model_load()`, destroyed by `dspnet_model_free()`. Immutable after loading:
+/// one model may be used by any number of threads at once (`dspnet_segment()` takes it as `const`),
+/// and it may be freed from any thread; a call still running on it keeps it alive until it returns.
+pub struct dspnet_model_t {
+    /// Never read: the handle's address is the key of the live-model registry.
+    _id: u64,
+}
+
+/// Library side of a model handle.
+struct LoadedModel {
+    model: Model,
+    device_name: CString,
+}
+
+// The C ABI promises that a model can be shared between threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+};
+
+/// Live handles (address of the boxed `dspnet_model_t` -> model). Looking a handle up here instead
+/// of dereferencing it makes a double free a no-op and a use after free a reported error (unless the
+/// address was reused by a later load), and lets a model be freed while another thread still uses it.
+fn registry() -> std::sync::MutexGuard<'static, HashMap<usize, Arc<LoadedModel>>> {
+    static MODELS: OnceLock<Mutex<HashMap<usize, Arc<LoadedModel>>>> = OnceLock::new();
+    MODELS.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn live_model(handle: *const dspnet_model_t) -> Result<Arc<LoadedModel>, Failure> {
+    if handle.is_null() {
+        return Err(Failure::null("model"));
+    }
+    registry()
+        .get(&(handle as usize))
+        .cloned()
+        .ok_or_else(|| Failure::invalid("the model handle is not a live model (already freed, or not from dspnet_model_load)"))
+}
+
+/// An image volume in caller memory (borrowed for the duration of one call, never kept).
+///
+/// Memory layout: voxel (i, j, k) is element `i + dims[0] * (j + dims[1] * k)` of `data`, i.e. i is
+/// the fastest-varying index (C order `[k][j][i]`, the layout of ITK, VTK and NIfTI buffers; numpy's
+/// `arrayFromVolume` in Slicer gives the same bytes as a `[k, j, i]` array). `data` must be aligned
+/// for its dtype and hold `dims[0] * dims[1] * dims[2]` elements.
+#[repr(C)]
+pub struct dspnet_volume_t {
+    /// First voxel; element type given by `dtype`.
+    pub data: *const c_void,
+    /// A `DSPNET_DTYPE_*` value.
+    pub dtype: dspnet_dtype_t,
+    /// Voxel counts along i, j, k; each at least 1, and their product (in bytes) must fit `size_t`.
+    pub dims: [usize; 3],
+    /// Voxel size along i, j, k in millimetres; finite and positive.
+    pub spacing: [f64; 3],
+}
+
+/// Progress callback: called on the thread that called `dspnet_segment()`, once before any work with
+/// `done == 0` and after each processed slice, with `done <= total` (`total` may shrink when the automatic
+/// extent stops early). Return 0 to continue and any other value to cancel: the call then returns
+/// `DSPNET_ERROR_CANCELLED` without touching the output buffer. `user_data` is the options' `user_data`,
+/// passed back untouched. The callback must not unwind (C++ exceptions, longjmp) into libdspnet and
+/// must not free the model it is running on.
+pub type dspnet_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, done: usize, total: usize) -> c_int>;
+
+/// Options of `dspnet_segment()`. Always initialise with `dspnet_segment_options_init()` (which also
+/// sets `struct_size`), then change fields: a zero-filled struct is *not* the default (slice_axis 0 is i).
+///
+/// ABI evolution: fields are only ever appended. The library reads the fields that exist in the
+/// version it was built as, and rejects a `struct_size` smaller than this first version's size.
+#[repr(C)]
+pub struct dspnet_segment_options_t {
+    /// `sizeof(dspnet_segment_options_t)` as the caller was compiled; set by the init function.
+    pub struct_size: usize,
+    /// Slice axis: 0 = i, 1 = j, 2 = k, or -1 (default) to pick the only axis along which the support
+    /// labels lie on few slices.
+    pub slice_axis: c_int,
+    /// Intensity recipe (default `DSPNET_MODALITY_AUTO`).
+    pub modality: dspnet_modality_t,
+    /// Which slices to segment (default `DSPNET_EXTENT_AUTO`).
+    pub extent: dspnet_extent_mode_t,
+    /// First slice index of `DSPNET_EXTENT_RANGE` (inclusive); ignored otherwise.
+    pub extent_first: usize,
+    /// Last slice index of `DSPNET_EXTENT_RANGE` (inclusive, below the slice count); ignored otherwise.
+    pub extent_last: usize,
+    /// Field of view (default `DSPNET_FOV_SLICE`).
+    pub fov: dspnet_fov_t,
+    /// Connected-component filter (default `DSPNET_COMPONENTS_SUPPORT`).
+    pub components: dspnet_components_t,
+    /// Label values to segment (`num_classes` of them); NULL or `num_classes == 0` = every non-zero
+    /// value found in the support. Each must occur in the support. Read during the call only.
+    pub classes: *const u16,
+    /// Number of entries in `classes`.
+    pub num_classes: usize,
+    /// Optional progress/cancel callback (NULL = none); see `dspnet_progress_fn`.
+    pub progress: dspnet_progress_fn,
+    /// Passed to `progress` untouched; libdspnet never dereferences it.
+    pub user_data: *mut c_void,
+}
+
+/// What a `dspnet_segment_with_summary()` run did. Set `struct_size = sizeof(dspnet_segment_summary_t)`
+/// before the call; on success the library fills the fields it knows (fields are only ever appended)
+/// and sets `struct_size` to the number of bytes it filled. Untouched on failure.
+#[repr(C)]
+pub struct dspnet_segment_summary_t {
+    /// In: size of the caller's struct (at least this first version's size). Out: bytes filled.
+    pub struct_size: usize,
+    /// The slice axis used (0 = i, 1 = j, 2 = k).
+    pub slice_axis: c_int,
+    /// The intensity recipe used: `DSPNET_MODALITY_CT` or `DSPNET_MODALITY_MRI` (never AUTO).
+    pub modality: dspnet_modality_t,
+    /// Number of classes (distinct label values) segmented.
+    pub num_classes: usize,
+    /// Query slices scored, over all classes (a slice scored for two classes counts twice).
+    pub slices_processed: usize,
+    /// Output voxels with a non-zero label.
+    pub labelled_voxels: usize,
+    /// Wall-clock seconds spent in the segmentation.
+    pub seconds: f64,
+}
+
+/// The ABI major version the library was built with; equals `DSPNET_ABI_VERSION` of a matching header.
+/// A consumer should check `dspnet_abi_version() == DSPNET_ABI_VERSION` once at start-up.
+#[no_mangle]
+pub extern "C" fn dspnet_abi_version() -> u32 {
+    ffi_boundary!("dspnet_abi_version", default = DSPNET_ABI_VERSION, { DSPNET_ABI_VERSION })
+}
+
+/// The library's release version, e.g. "0.1.0": a static NUL-terminated string (never NULL, never freed).
+#[no_mangle]
+pub extern "C" fn dspnet_version() -> *const c_char {
+    static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => c"",
+    };
+    ffi_boundary!("dspnet_version", default = c"".as_ptr(), { VERSION.as_ptr() })
+}
+
+/// The message of the last failed call on this thread, e.g. "dspnet_model_load: model format: ...".
+///
+/// Every function returning a `dspnet_status_t` sets it: to the failure's description, or to "" when
+/// it returns `DSPNET_OK`. Never NULL; UTF-8 except for bytes of file names; owned by the library and
+/// valid until the next libdspnet call on this thread. Thread-local: other threads' calls do not change it.
+#[no_mangle]
+pub extern "C" fn dspnet_last_error_message() -> *const c_char {
+    ffi_boundary!("dspnet_last_error_message", default = c"".as_ptr(), { error::last_error_ptr() })
+}
+
+/// The name of a status code ("DSPNET_OK", "DSPNET_ERROR_IO", ...), or "DSPNET_ERROR_UNKNOWN" for a
+/// value this library does not know. Takes a plain int so that any value is safe. Static, never NULL.
+#[no_mangle]
+pub extern "C" fn dspnet_status_name(status: c_int) -> *const c_char {
+    ffi_boundary!("dspnet_status_name", default = c"DSPNET_ERROR_UNKNOWN".as_ptr(), {
+        dspnet_status_t::ALL
+            .iter()
+            .find(|s| **s as c_int == status)
+            .map_or(c"DSPNET_ERROR_UNKNOWN".as_ptr(), |s| s.name().as_ptr())
+    })
+}
+
+/// Load a model from a `.safetensors` weight file.
+///
+/// - `weights_path`: file path (bytes as the OS takes them). NULL or "" = the default model, looked up
+///   in this order: `$DSPNET_WEIGHTS` (a file, or a folder holding `dspnet-default.safetensors`);
+///   next to the library (`<libdir>/../share/dspnet/weights/`, `<libdir>/weights/`); next to the
+///   executable (same two places); the source tree's `weights/` folder.
+/// - `device`: "cpu", "cuda", "cuda:N", or NULL / "" / "auto" for the best available (CUDA device 0
+///   in a CUDA build when present, else the CPU). CUDA in a CPU-only build gives
+///   `DSPNET_ERROR_BACKEND_UNAVAILABLE`.
+/// - `out_model`: receives the new handle (owned by the caller; free it with `dspnet_model_free()`),
+///   or NULL on failure.
+///
+/// Errors: NULL_ARGUMENT (`out_model`), IO (missing or unreadable file), MODEL_FORMAT (truncated,
+/// foreign or incomplete weights), INVALID_ARGUMENT (unknown device name), BACKEND_UNAVAILABLE.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_model_load(weights_path: *const c_char, device: *const c_char, out_model: *mut *mut dspnet_model_t) -> dspnet_status_t {
+    ffi_boundary!("dspnet_model_load", {
+        if out_model.is_null() {
+            return Err(Failure::null("out_model"));
+        }
+        // SAFETY: checked non-null; the caller provides a writable pointer-sized slot.
+        unsafe { out_model.write(std::ptr::null_mut()) };
+        let path = match unsafe { input::c_str(weights_path) } {
+            Some(p) if !p.to_bytes().is_empty() => input::path_from_c(p)?,
+            _ => input::default_weights()?,
+        };
+        let device_name = match unsafe { input::c_str(device) } {
+            None => None,
+            Some(d) => Some(d.to_str().map_err(|_| Failure::invalid("the device name is not UTF-8"))?),
+        };
+        let dev = device_from_name(device_name)?;
+        let model = Model::load(&path, &dev)?;
+        let device_name = CString::new(match model.device().location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        })
+        .unwrap_or_default();
+        let handle = Box::into_raw(Box::new(dspnet_model_t { _id: 0 }));
+        registry().insert(handle as usize, Arc::new(LoadedModel { model, device_name }));
+        // SAFETY: as above.
+        unsafe { out_model.write(handle) };
+        Ok(())
+    })
+}
+
+/// Free a model. NULL is a no-op; so is a handle that is not live (a second free of the same handle).
+/// Calls already running on the model on other threads finish normally; the memory is released when
+/// the last one returns. Does not change the last-error message.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_model_free(model: *mut dspnet_model_t) {
+    ffi_boundary!("dspnet_model_free", default = (), {
+        if model.is_null() {
+            return;
+        }
+        let entry = {
+            let mut live = registry();
+            let entry = live.remove(&(model as usize));
+            if live.is_empty() {
+                // Release the table too, so a program that freed every model ends with nothing of ours.
+                *live = HashMap::new();
+            }
+            entry
+        };
+        if entry.is_some() {
+            // SAFETY: the address was in the registry, so it came from Box::into_raw in
+            // dspnet_model_load and has not been freed (it is removed from the registry here, once).
+            drop(unsafe { Box::from_raw(model) });
+        }
+        drop(entry);
+    })
+}
+
+/// The device a model runs on: "cpu" or "cuda:N". Owned by the model: valid until it is freed.
+/// Returns "" for NULL or a handle that is not live. Does not change the last-error message.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_model_device(model: *const dspnet_model_t) -> *const c_char {
+    ffi_boundary!("dspnet_model_device", default = c"".as_ptr(), {
+        match live_model(model) {
+            // The CString lives in the LoadedModel, which the registry keeps until dspnet_model_free.
+            Ok(m) => m.device_name.as_ptr(),
+            Err(_) => c"".as_ptr(),
+        }
+    })
+}
+
+/// Fill `options` with the defaults and set `options->struct_size` to this version's size.
+/// NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_segment_options_init(options: *mut dspnet_segment_options_t) {
+    ffi_boundary!("dspnet_segment_options_init", default = (), {
+        if !options.is_null() {
+            // SAFETY: the caller provides a writable, aligned struct of at least this version's size.
+            unsafe { options.write(input::default_options()) };
+        }
+    })
+}
+
+/// Segment a volume from its labelled slices; same semantics as `dspnet segment` on the command line.
+///
+/// - `model`: a live model (shared: any number of threads may segment with it at once).
+/// - `image`: the image; see `dspnet_volume_t` for the layout.
+/// - `support_labels`: `uint16_t` labels with the image's dims and layout. The slices (along the slice
+///   axis) that hold any non-zero label are support slices, where 0 means background; each distinct
+///   non-zero value is a class.
+/// - `out_labels`: caller-allocated `uint16_t` buffer with the image's dims; receives the label volume
+///   (support slices copied unchanged). Written only on success, all at once at the end; it may be the
+///   same buffer as `support_labels`.
+/// - `options`: NULL for the defaults.
+///
+/// Errors: NULL_ARGUMENT, SHAPE (zero or overflowing dims), INVALID_ARGUMENT (bad dtype, option, spacing,
+/// struct_size, misaligned buffer, model handle, ambiguous slice axis), NON_FINITE (NaN/inf voxels),
+/// NO_SUPPORT, CANCELLED, OUT_OF_MEMORY, BACKEND. On any error `out_labels` is untouched.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_segment(
+    model: *const dspnet_model_t,
+    image: *const dspnet_volume_t,
+    support_labels: *const u16,
+    out_labels: *mut u16,
+    options: *const dspnet_segment_options_t,
+) -> dspnet_status_t {
+    ffi_boundary!("dspnet_segment", { unsafe { segment_impl(model, image, support_labels, out_labels, options, std::ptr::null_mut()) } })
+}
+
+/// `dspnet_segment()` that also reports what the run did in `*summary` (which may be NULL).
+/// Set `summary->struct_size` first; see `dspnet_segment_summary_t`.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_segment_with_summary(
+    model: *const dspnet_model_t,
+    image: *const dspnet_volume_t,
+    support_labels: *const u16,
+    out_labels: *mut u16,
+    options: *const dspnet_segment_options_t,
+    summary: *mut dspnet_segment_summary_t,
+) -> dspnet_status_t {
+    ffi_boundary!("dspnet_segment_with_summary", { unsafe { segment_impl(model, image, support_labels, out_labels, options, summary) } })
+}
+
+/// The body shared by both segment entry points.
+unsafe fn segment_impl(
+    model: *const dspnet_model_t,
+    image: *const dspnet_volume_t,
+    support_labels: *const u16,
+    out_labels: *mut u16,
+    options: *const dspnet_segment_options_t,
+    summary: *mut dspnet_segment_summary_t,
+) -> Result<(), Failure> {
+    let model = live_model(model)?;
+    if image.is_null() {
+        return Err(Failure::null("image"));
+    }
+    if support_labels.is_null() {
+        return Err(Failure::null("support_labels"));
+    }
+    if out_labels.is_null() {
+        return Err(Failure::null("out_labels"));
+    }
+    // SAFETY: non-null; every bit pattern is a valid dspnet_volume_t (integers, floats, pointers).
+    let image = unsafe { image.read() };
+    let opts = unsafe { input::read_options(options) }?;
+    if !summary.is_null() {
+        // SAFETY: non-null; struct_size is its first field.
+        let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
+        if size < std::mem::size_of::<dspnet_segment_summary_t>() {
+            return Err(Failure::invalid(format!(
+                "summary->struct_size is {size}, smaller than sizeof(dspnet_segment_summary_t) = {} of this ABI's first version; set it to sizeof(dspnet_segment_summary_t)",
+                std::mem::size_of::<dspnet_segment_summary_t>()
+            )));
+        }
+    }
+    let n = input::checked_voxel_count(image.dims)?;
+    // SAFETY (both): pointers non-null, n elements per the caller contract; alignment checked inside.
+    let voxels = unsafe { input::image_as_f32(&image, n) }?;
+    let support = unsafe { input::u16_slice(support_labels, n, "support_labels") }?;
+    input::check_aligned(out_labels, "out_labels")?;
+
+    let mut callback = |done: usize, total: usize| -> bool {
+        match opts.progress {
+            // SAFETY: the caller's function pointer and user_data, called as documented.
+            Some(f) => (unsafe { f(opts.user_data, done, total) }) == 0,
+            None => true,
+        }
+    };
+    let volume_ref = volume::VolumeRef { data: &voxels, dims: image.dims, spacing: image.spacing };
+    let (labels, run) = volume::segment(&model.model, volume_ref, support, &opts.segment, &mut callback)?;
+    if labels.len() != n {
+        return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_PANIC, format!("internal error: {} labels for {n} voxels", labels.len())));
+    }
+    drop(voxels);
+    // SAFETY: out_labels is non-null, aligned and holds n elements (caller contract). `labels` is our own
+    // allocation, so the ranges never overlap; the borrowed inputs are no longer used.
+    unsafe { std::ptr::copy_nonoverlapping(labels.as_ptr(), out_labels, n) };
+    if !summary.is_null() {
+        let filled = dspnet_segment_summary_t {
+            struct_size: std::mem::size_of::<dspnet_segment_summary_t>(),
+            slice_axis: run.axis as c_int,
+            modality: match run.modality {
+                volume::normalize::Modality::Ct => DSPNET_MODALITY_CT,
+                volume::normalize::Modality::Mri => DSPNET_MODALITY_MRI,
+            },
+            num_classes: run.classes.len(),
+            slices_processed: run.slices_processed,
+            labelled_voxels: labels.iter().filter(|&&l| l != 0).count(),
+            seconds: run.seconds,
+        };
+        // SAFETY: non-null and at least this version's size (checked above); fields after it are left alone.
+        unsafe { summary.write(filled) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, offset_of, size_of};
+
+    fn message() -> String {
+        unsafe { CStr::from_ptr(dspnet_last_error_message()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn version_macros_match_the_crate() {
+        assert_eq!(DSPNET_VERSION_MAJOR.to_string(), env!("CARGO_PKG_VERSION_MAJOR"));
+        assert_eq!(DSPNET_VERSION_MINOR.to_string(), env!("CARGO_PKG_VERSION_MINOR"));
+        assert_eq!(DSPNET_VERSION_PATCH.to_string(), env!("CARGO_PKG_VERSION_PATCH"));
+        assert_eq!(unsafe { CStr::from_ptr(dspnet_version()) }.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+        assert_eq!(dspnet_abi_version(), DSPNET_ABI_VERSION);
+    }
+
+    /// The first version's layouts are frozen: a change here is an ABI break.
+    #[test]
+    fn abi_layout_is_frozen() {
+        assert_eq!(size_of::<dspnet_status_t>(), 4);
+        assert_eq!((size_of::<dspnet_volume_t>(), align_of::<dspnet_volume_t>()), (64, 8));
+        assert_eq!(offset_of!(dspnet_volume_t, dims), 16);
+        assert_eq!(size_of::<dspnet_segment_options_t>(), 80);
+        assert_eq!(offset_of!(dspnet_segment_options_t, extent_first), 24);
+        assert_eq!(offset_of!(dspnet_segment_options_t, progress), 64);
+        assert_eq!(size_of::<dspnet_segment_summary_t>(), 48);
+    }
+
+    #[test]
+    fn every_status_has_a_distinct_name() {
+        for (i, s) in dspnet_status_t::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+            let name = unsafe { CStr::from_ptr(dspnet_status_name(i as c_int)) };
+            assert_eq!(name, s.name());
+        }
+        assert_eq!(unsafe { CStr::from_ptr(dspnet_status_name(-5)) }, c"DSPNET_ERROR_UNKNOWN");
+    }
+
+    #[test]
+    fn panics_become_a_status_and_a_message() {
+        let status = ffi_boundary!("test_fn", {
+            if message().is_empty() {
+                panic!("boom {}", 42);
+            }
+            Ok(())
+        });
+        assert_eq!(status, dspnet_status_t::DSPNET_ERROR_PANIC);
+        assert!(message().contains("test_fn") && message().contains("boom 42"), "{}", message());
+        let v: i32 = ffi_boundary!("test_value", default = -1, { panic!("no") });
+        assert_eq!(v, -1);
+        // A successful status call clears the message.
+        assert_eq!(ffi_boundary!("test_ok", { Ok(()) }), dspnet_status_t::DSPNET_OK);
+        assert_eq!(message(), "");
+    }
+
+    #[test]
+    fn null_and_invalid_arguments_without_a_model() {
+        unsafe {
+            assert_eq!(dspnet_model_load(std::ptr::null(), std::ptr::null(), std::ptr::null_mut()), dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
+            assert!(message().contains("out_model"), "{}", message());
+            let mut m: *mut dspnet_model_t = std::ptr::dangling_mut();
+            let st = dspnet_model_load(c"/nonexistent/w.safetensors".as_ptr(), c"cpu".as_ptr(), &mut m);
+            assert_eq!(st, dspnet_status_t::DSPNET_ERROR_IO, "{}", message());
+            assert!(m.is_null());
+            let st = dspnet_model_load(c"/nonexistent/w.safetensors".as_ptr(), c"tpu".as_ptr(), &mut m);
+            assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT, "{}", message());
+            if !cfg!(feature = "cuda") {
+                let st = dspnet_model_load(c"/nonexistent/w.safetensors".as_ptr(), c"cuda:1".as_ptr(), &mut m);
+                assert_eq!(st, dspnet_status_t::DSPNET_ERROR_BACKEND_UNAVAILABLE, "{}", message());
+            }
+            dspnet_model_free(std::ptr::null_mut());
+            // A pointer that never came from dspnet_model_load is not dereferenced.
+            let mut fake = dspnet_model_t { _id: 7 };
+            dspnet_model_free(&mut fake);
+            assert_eq!(CStr::from_ptr(dspnet_model_device(&fake)), c"");
+            let st = dspnet_segment(&fake, std::ptr::null(), std::ptr::null(), std::ptr::null_mut(), std::ptr::null());
+            assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+            let mut o = std::mem::MaybeUninit::<dspnet_segment_options_t>::uninit();
+            dspnet_segment_options_init(o.as_mut_ptr());
+            let o = o.assume_init();
+            assert_eq!((o.struct_size, o.slice_axis, o.extent), (80, -1, DSPNET_EXTENT_AUTO));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Rust side of the C ABI tests (the C, C++ and ITK consumers live in `tests/capi/`, driven by
+//! `tests/capi/run.sh`).
+//!
+//! - The raw volume the C and C++ consumers segment (`tests/capi/data/`) must be an exact crop of
+//!   `tests/data/ct-liver`. Regenerate it with `DSPNET_WRITE_CAPI_DATA=1 cargo test --test capi`.
+//! - The C ABI called from Rust on that volume: same result as `dspnet::volume::segment`, and
+//!   several threads sharing one model.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+
+use dspnet::capi::*;
+use dspnet::io::{read_image, read_labels};
+
+/// Crop size (i, j, k) of the C consumers' volume.
+const CROP: [usize; 3] = [64, 64, 6];
+/// Slice (global k) the crop is centred on; the consumers label crop slice 2 (= global k 64).
+const CENTRE_K: usize = 64;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The crop origin: a 64x64 window centred on the liver's centroid on slice `CENTRE_K`, k from
+/// `CENTRE_K - 2`.
+fn crop_origin(labels: &[u16], dims: [usize; 3]) -> [usize; 3] {
+    let (mut si, mut sj, mut n) = (0usize, 0usize, 0usize);
+    for j in 0..dims[1] {
+        for i in 0..dims[0] {
+            if labels[i + dims[0] * (j + dims[1] * CENTRE_K)] != 0 {
+                si += i;
+                sj += j;
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 0, "no liver on slice {CENTRE_K}");
+    let start = |c: usize, d: usize| c.saturating_sub(CROP[0] / 2).min(d - CROP[0]);
+    [start(si / n, dims[0]), start(sj / n, dims[1]), CENTRE_K - 2]
+}
+
+fn crop<T: Copy>(data: &[T], dims: [usize; 3], origin: [usize; 3]) -> Vec<T> {
+    let mut out = Vec::with_capacity(CROP.iter().product());
+    for k in 0..CROP[2] {
+        for j in 0..CROP[1] {
+            for i in 0..CROP[0] {
+                out.push(data[(origin[0] + i) + dims[0] * ((origin[1] + j) + dims[1] * (origin[2] + k))]);
+            }
+        }
+    }
+    out
+}
+
+fn capi_data(name: &str) -> PathBuf {
+    root().join("tests/capi/data").join(name)
+}
+
+/// Image (int16 HU) and ground-truth labels (uint16) of the crop, from the NIfTI originals.
+fn expected_crop() -> (Vec<i16>, Vec<u16>) {
+    let image = read_image(&root().join("tests/data/ct-liver/image.nii.gz")).unwrap();
+    let labels = read_labels(&root().join("tests/data/ct-liver/labels.nii.gz")).unwrap();
+    let dims = image.geometry.dims;
+    let origin = crop_origin(&labels.data, dims);
+    let img: Vec<i16> = crop(&image.data, dims, origin).iter().map(|&v| v as i16).collect();
+    (img, crop(&labels.data, dims, origin))
+}
+
+#[test]
+fn capi_test_volume_is_a_crop_of_ct_liver() {
+    let (img, lab) = expected_crop();
+    let img_bytes: Vec<u8> = img.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let lab_bytes: Vec<u8> = lab.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if std::env::var_os("DSPNET_WRITE_CAPI_DATA").is_some() {
+        std::fs::create_dir_all(capi_data("")).unwrap();
+        std::fs::write(capi_data("ct-liver-64x64x6-i16.raw"), &img_bytes).unwrap();
+        std::fs::write(capi_data("ct-liver-64x64x6-labels-u16.raw"), &lab_bytes).unwrap();
+    }
+    assert_eq!(std::fs::read(capi_data("ct-liver-64x64x6-i16.raw")).unwrap(), img_bytes);
+    assert_eq!(std::fs::read(capi_data("ct-liver-64x64x6-labels-u16.raw")).unwrap(), lab_bytes);
+    // The support slice the consumers use has liver, and so do its neighbours.
+    for k in 1..4 {
+        let area = lab[k * 64 * 64..(k + 1) * 64 * 64].iter().filter(|&&l| l == 1).count();
+        assert!(area > 200, "slice {k}: {area} liver voxels");
+    }
+}
+
+fn message() -> String {
+    unsafe { CStr::from_ptr(dspnet_last_error_message()) }.to_string_lossy().into_owned()
+}
+
+/// The C ABI gives what the Rust API gives, also when four threads share one model.
+#[test]
+fn c_abi_matches_rust_api_and_is_shareable() {
+    let dir = std::env::temp_dir().join(format!("dspnet-capi-rs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("w.safetensors");
+    let config = dspnet::model::config::ModelConfig {
+        depth: 50,
+        feature_source: dspnet::model::config::FeatureSource::Layer3,
+        ..Default::default()
+    };
+    dspnet::weights::write_synthetic(&weights, &config, 1).unwrap();
+
+    let (img, lab) = expected_crop();
+    let slice = CROP[0] * CROP[1];
+    let mut support = vec![0u16; lab.len()];
+    support[2 * slice..3 * slice].copy_from_slice(&lab[2 * slice..3 * slice]);
+
+    // Rust API.
+    let model = dspnet::model::Model::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let voxels: Vec<f32> = img.iter().map(|&v| v as f32).collect();
+    let opts = dspnet::volume::SegmentOptions { extent: dspnet::volume::ExtentMode::Range(1, 3), ..Default::default() };
+    let vref = dspnet::volume::VolumeRef { data: &voxels, dims: CROP, spacing: [1.0; 3] };
+    let (expected, _) = dspnet::volume::segment(&model, vref, &support, &opts, &mut |_, _| true).unwrap();
+
+    // C ABI.
+    let path = std::ffi::CString::new(weights.to_str().unwrap()).unwrap();
+    let mut handle = std::ptr::null_mut();
+    let st = unsafe { dspnet_model_load(path.as_ptr(), c"cpu".as_ptr(), &mut handle) };
+    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert_eq!(unsafe { CStr::from_ptr(dspnet_model_device(handle)) }, c"cpu");
+    let handle_addr = handle as usize;
+    let results: Vec<Vec<u16>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (img, support) = (&img, &support);
+                s.spawn(move || {
+                    let mut o = std::mem::MaybeUninit::uninit();
+                    unsafe { dspnet_segment_options_init(o.as_mut_ptr()) };
+                    let mut o = unsafe { o.assume_init() };
+                    o.extent = DSPNET_EXTENT_RANGE;
+                    (o.extent_first, o.extent_last) = (1, 3);
+                    let volume = dspnet_volume_t { data: img.as_ptr().cast(), dtype: DSPNET_DTYPE_I16, dims: CROP, spacing: [1.0; 3] };
+                    let mut out = vec![0xffffu16; img.len()];
+                    let st = unsafe { dspnet_segment(handle_addr as *const dspnet_model_t, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+                    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+                    assert_eq!(message(), "");
+                    out
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert!(r == &expected, "a thread's labels differ from the Rust API's");
+    }
+    unsafe { dspnet_model_free(handle) };
+    unsafe { dspnet_model_free(handle) }; // a second free is a no-op
+    let _ = std::fs::remove_dir_all(&dir);
+}

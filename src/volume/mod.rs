@@ -177,7 +177,7 @@ pub fn choose_axis(labels: &[u16], dims: [usize; 3], choice: AxisChoice) -> Resu
                 Ok(a)
             } else {
                 Err(DspnetError::InvalidArgument(format!(
-                    "cannot tell the slice axis: {}; choose it with --axis i|j|k",
+                    "cannot tell the slice axis: {}; choose it explicitly (--axis i|j|k on the command line, slice_axis in the C API)",
                     describe()
                 )))
             }
@@ -407,12 +407,16 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
     let whole = vol.frame(None)?;
     // Whole-slice features are shared by all classes.
     let mut feature_cache: HashMap<usize, Tensor> = HashMap::new();
-    let mut class_fg: Vec<Vec<f32>> = Vec::with_capacity(classes.len());
+    // The per-class score volumes are the big allocations: refuse cleanly rather than abort the host.
+    let mut class_fg: Vec<Vec<f32>> = Vec::new();
+    class_fg.try_reserve_exact(classes.len()).map_err(|_| oom(n, classes.len()))?;
     let mut processed = 0usize;
     for &label in &classes {
         let supports = &support_slices[&label];
         // Per voxel: the class's foreground logit where it wins, -inf elsewhere; support voxels +inf.
-        let mut fg = vec![f32::NEG_INFINITY; n];
+        let mut fg: Vec<f32> = Vec::new();
+        fg.try_reserve_exact(n).map_err(|_| oom(n, classes.len()))?;
+        fg.resize(n, f32::NEG_INFINITY);
         for &z in supports {
             for v in slice_indices(dims, axis, z) {
                 if support[v] == label {
@@ -593,6 +597,13 @@ pub fn merge_classes(classes: &[u16], class_fg: &[Vec<f32>]) -> Vec<u16> {
             best.1
         })
         .collect()
+}
+
+fn oom(voxels: usize, classes: usize) -> DspnetError {
+    DspnetError::OutOfMemory(format!(
+        "cannot allocate the score volumes for {classes} class(es) of {voxels} voxels ({} MB each)",
+        voxels * 4 >> 20
+    ))
 }
 
 /// Get `key` from the cache or compute and store it.

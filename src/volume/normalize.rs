@@ -11,11 +11,11 @@ pub enum Modality {
 }
 
 impl Modality {
-    /// CT volumes hold Hounsfield units, so air is near −1000; MRI intensities are non-negative.
-    /// A volume whose 1st percentile is below −200 is taken as CT.
+    /// CT volumes hold Hounsfield units (air −1000, fat about −100); MRI intensities are non-negative.
+    /// A volume whose 0.5th percentile is below −50 is taken as CT, so that tight soft-tissue crops
+    /// (no air, some fat) are still recognised.
     pub fn guess(voxels: &[f32]) -> Modality {
-        let p1 = percentile(voxels, 1.0);
-        if p1 < -200.0 { Modality::Ct } else { Modality::Mri }
+        if percentile(voxels, 0.5) < -50.0 { Modality::Ct } else { Modality::Mri }
     }
 }
 
@@ -104,5 +104,8 @@ mod tests {
     fn guess_modality() {
         assert_eq!(Modality::guess(&[-1000.0; 50].iter().chain(&[40.0; 50]).copied().collect::<Vec<_>>()), Modality::Ct);
         assert_eq!(Modality::guess(&[0.0, 10.0, 200.0]), Modality::Mri);
+        // A soft-tissue CT crop: fat (about -100 HU) but no air.
+        let crop: Vec<f32> = (0..1000).map(|i| if i % 10 == 0 { -110.0 } else { 40.0 + (i % 7) as f32 }).collect();
+        assert_eq!(Modality::guess(&crop), Modality::Ct);
     }
 }

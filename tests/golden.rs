@@ -78,10 +78,17 @@ fn check_stage(name: &str, got: &Tensor, want: &Fx, worst: &mut f64) -> Result<(
     Ok(())
 }
 
+/// The device the model-level checks run on: `DSPNET_TEST_DEVICE` (cpu, cuda, cuda:N; default cpu).
+/// The GPU check (tests/gpu/check.sh) sets it to run the same parity checks on CUDA.
+fn test_device() -> Device {
+    let name = std::env::var("DSPNET_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    dspnet::model::device_from_name(Some(&name)).unwrap_or_else(|e| panic!("DSPNET_TEST_DEVICE={name}: {e}"))
+}
+
 fn synthetic_model(sidecar: &Value, config: ModelConfig) -> Result<Model, String> {
     let seed = sidecar["generator_seed"].as_u64().ok_or("sidecar has no generator_seed")?;
     let w = dspnet::weights::synthetic_weights(&config, seed).map_err(|e| e.to_string())?;
-    Model::from_weights(w, &Device::Cpu).map_err(|e| e.to_string())
+    Model::from_weights(w, &test_device()).map_err(|e| e.to_string())
 }
 
 /// Backbone file: every stage and every bottleneck probe, through both the 3-channel stem and the
@@ -95,11 +102,13 @@ fn check_backbone(data: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
     if c != 3 {
         return Err(format!("input has {c} channels"));
     }
+    let x = x.to_device(model.device()).map_err(|e| e.to_string())?;
     let grey = x.narrow(1, 0, 1).map_err(|e| e.to_string())?;
     let probe = get(&fx, "block_probe")?;
     let block_mean = get(&fx, "block_mean")?;
     let block_absmean = get(&fx, "block_absmean")?;
     let mut lines = Vec::new();
+    println!("backbone checks on {:?}", model.device());
     for (label, input) in [("rgb stem", &x), ("grey stem", &grey)] {
         let mut worst = 0.0f64;
         let mut probe_err = 0.0f64;

@@ -20,7 +20,9 @@ pub const OUTPUT_STRIDE: usize = 8;
 pub fn device_from_name(name: Option<&str>) -> Result<Device> {
     let name = name.map(str::trim).unwrap_or("auto");
     match name {
-        "" | "auto" => Ok(if cfg!(feature = "cuda") { Device::cuda_if_available(0)? } else { Device::Cpu }),
+        // The best available: the first GPU of a CUDA build when one opens, else the CPU (candle's
+        // `cuda_if_available` only checks the build feature and fails without a working driver).
+        "" | "auto" => Ok(Device::new_cuda(0).ok().filter(|_| cfg!(feature = "cuda")).unwrap_or(Device::Cpu)),
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
             let ordinal = match n.strip_prefix("cuda:") {

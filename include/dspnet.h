@@ -344,7 +344,7 @@ typedef struct dspnet_segment_summary_t {
 #define DSPNET_DTYPE_F64 8
 
 /**
- * Guess from the intensities: CT if the 1st percentile is below -200, else MRI.
+ * Guess from the intensities: CT if the 0.5th percentile is below -50 (HU), else MRI.
  */
 #define DSPNET_MODALITY_AUTO 0
 

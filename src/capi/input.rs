@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::ffi::{c_char, c_void, CStr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::error::Failure;
 use super::*;
@@ -37,59 +37,9 @@ pub(crate) fn path_from_c(p: &CStr) -> Result<PathBuf, Failure> {
     }
 }
 
-/// The directory of the file (shared library or executable) that holds this code, from the process's
-/// memory map. Linux only; None elsewhere or when the map cannot be read.
-fn library_dir() -> Option<PathBuf> {
-    #[cfg(target_os = "linux")]
-    {
-        let here = library_dir as *const () as usize;
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        for line in maps.lines() {
-            let mut fields = line.splitn(6, ' ');
-            let range = fields.next()?;
-            let path = fields.nth(4).map(str::trim_start).unwrap_or("");
-            let (lo, hi) = range.split_once('-')?;
-            let (lo, hi) = (usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?);
-            if (lo..hi).contains(&here) {
-                if !path.starts_with('/') || path.ends_with(" (deleted)") {
-                    return None;
-                }
-                return Path::new(path).parent().map(Path::to_path_buf);
-            }
-        }
-        None
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
-
-/// The default model for a NULL/empty weights path: `$DSPNET_WEIGHTS`, then next to the library, then
-/// the places `weights::default_model_candidates` lists after the variable (executable, source tree).
+/// The default model for a NULL/empty weights path (see `weights::default_model_candidates`).
 pub(crate) fn default_weights() -> Result<PathBuf, Failure> {
-    let mut candidates = weights::default_model_candidates();
-    if let Some(dir) = library_dir() {
-        let at = usize::from(std::env::var_os("DSPNET_WEIGHTS").is_some()).min(candidates.len());
-        let here = [dir.join("../share/dspnet/weights").join(weights::DEFAULT_MODEL_FILE), dir.join("weights").join(weights::DEFAULT_MODEL_FILE)];
-        for (n, c) in here.into_iter().enumerate() {
-            if !candidates.contains(&c) {
-                candidates.insert(at + n, c);
-            }
-        }
-    }
-    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
-        return Ok(found.clone());
-    }
-    let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    Err(DspnetError::io(
-        "default model",
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("not found (looked for {}); pass a weight file or set DSPNET_WEIGHTS", list.join(", ")),
-        ),
-    )
-    .into())
+    Ok(weights::default_model_path()?)
 }
 
 /// What `dspnet_segment_options_init` writes.

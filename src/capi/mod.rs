@@ -65,7 +65,7 @@ pub const DSPNET_DTYPE_F64: dspnet_dtype_t = 8;
 
 /// Intensity recipe: one of the `DSPNET_MODALITY_*` values (a `uint32_t`, validated by value).
 pub type dspnet_modality_t = u32;
-/// Guess from the intensities: CT if the 1st percentile is below -200, else MRI.
+/// Guess from the intensities: CT if the 0.5th percentile is below -50 (HU), else MRI.
 pub const DSPNET_MODALITY_AUTO: dspnet_modality_t = 0;
 /// CT in Hounsfield units.
 pub const DSPNET_MODALITY_CT: dspnet_modality_t = 1;

@@ -18,8 +18,9 @@ use crate::{DspnetError, Result};
 pub const DEFAULT_MODEL_FILE: &str = "dspnet-default.safetensors";
 
 /// Where the default model is looked for, in order: `$DSPNET_WEIGHTS` (a file, or a folder holding
-/// the default file), `<executable dir>/../share/dspnet/weights/`, `<executable dir>/weights/`, and the
-/// source tree's `weights/` folder (for `cargo run` and tests).
+/// the default file), `<dir>/../share/dspnet/weights/` and `<dir>/weights/` for the directory of the
+/// shared library holding this code (so C/C++ hosts find the model installed beside libdspnet) and of the
+/// executable, and the source tree's `weights/` folder (for `cargo run` and tests).
 pub fn default_model_candidates() -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Some(p) = std::env::var_os("DSPNET_WEIGHTS") {
@@ -30,12 +31,44 @@ pub fn default_model_candidates() -> Vec<std::path::PathBuf> {
             out.push(p);
         }
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        out.push(dir.join("../share/dspnet/weights").join(DEFAULT_MODEL_FILE));
-        out.push(dir.join("weights").join(DEFAULT_MODEL_FILE));
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    for dir in [code_dir(), exe_dir].into_iter().flatten() {
+        for c in [dir.join("../share/dspnet/weights").join(DEFAULT_MODEL_FILE), dir.join("weights").join(DEFAULT_MODEL_FILE)] {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
     }
     out.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL_FILE));
     out
+}
+
+/// The directory of the file (shared library or executable) that holds this code, from the process's
+/// memory map. Linux only; None elsewhere or when the map cannot be read.
+fn code_dir() -> Option<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        let here = code_dir as *const () as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        for line in maps.lines() {
+            let mut fields = line.splitn(6, ' ');
+            let range = fields.next()?;
+            let path = fields.nth(4).map(str::trim_start).unwrap_or("");
+            let (lo, hi) = range.split_once('-')?;
+            let (lo, hi) = (usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?);
+            if (lo..hi).contains(&here) {
+                if !path.starts_with('/') || path.ends_with(" (deleted)") {
+                    return None;
+                }
+                return Path::new(path).parent().map(Path::to_path_buf);
+            }
+        }
+        None
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// The default model's path, or an error that says exactly where it was looked for.

@@ -27,6 +27,10 @@ enum Command {
     Convert(weights_cmds::ConvertArgs),
     /// Describe a weight file: depth, tensors, parameters, metadata.
     Info(weights_cmds::InfoArgs),
+    /// Import a torchvision-named ResNet backbone (2D, or inflated 3D) with an identity projection.
+    ImportResnet(weights_cmds::ImportArgs),
+    /// Fit a model's projection to the principal components of its features over unlabelled volumes.
+    FitProjection(weights_cmds::FitProjectionArgs),
     /// Write deterministic synthetic weights (the golden-vector generator) for tests and demos.
     SyntheticWeights(weights_cmds::SyntheticArgs),
     /// Measure backbone and head speed and peak memory.
@@ -40,6 +44,8 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Convert(a) => weights_cmds::convert(a),
         Command::Info(a) => weights_cmds::info(a),
+        Command::ImportResnet(a) => weights_cmds::import(a),
+        Command::FitProjection(a) => weights_cmds::fit_projection(a),
         Command::SyntheticWeights(a) => weights_cmds::synthetic(a),
         Command::Bench(a) => bench::run(a),
     };

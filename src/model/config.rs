@@ -39,7 +39,8 @@ pub enum InputNormalization {
     /// The official DSPNet recipe: CT windowed to [-125, 275] HU, scaled to [0, 255], then z-scored over
     /// the volume; MRI clipped above the 99.5th percentile, then z-scored. The modality decides.
     Official,
-    /// Clip to [low, high] and scale linearly to [0, 1] (CT foundation models, e.g. HU [-1000, 1000]).
+    /// Clip to [low, high] and scale linearly to [0, 1] (CT foundation models, e.g. HU [-1000, 1000]);
+    /// MRI, which has no absolute scale, uses its own 0.5th-99.5th percentile range instead.
     Window { low: f64, high: f64 },
 }
 
@@ -77,6 +78,10 @@ pub struct ModelConfig {
     /// Whether the projection has a bias (used to mean-centre features before projecting).
     pub projection_bias: bool,
     pub input_normalization: InputNormalization,
+    /// Whether the backbone was trained on slices transposed relative to the crate's canvas (rows follow
+    /// the first in-plane voxel axis instead of the second). The model transposes its input and its
+    /// features back, so the rest of the pipeline never sees it.
+    pub transpose_slices: bool,
 }
 
 impl Default for ModelConfig {
@@ -88,6 +93,7 @@ impl Default for ModelConfig {
             feature_channels: 256,
             projection_bias: false,
             input_normalization: InputNormalization::Official,
+            transpose_slices: false,
         }
     }
 }
@@ -164,6 +170,7 @@ impl ModelConfig {
             ("feature_channels".to_string(), self.feature_channels.to_string()),
             ("projection_bias".to_string(), self.projection_bias.to_string()),
             ("input_normalization".to_string(), self.input_normalization.to_metadata()),
+            ("transpose_slices".to_string(), self.transpose_slices.to_string()),
         ])
     }
 }

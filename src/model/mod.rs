@@ -2,6 +2,7 @@
 
 pub mod backbone;
 pub mod config;
+pub mod projection;
 pub mod prototypes;
 
 use std::path::Path;
@@ -80,8 +81,11 @@ impl Model {
     /// Encode a batch of normalised grey slices `[B, H, W]` (or `[B, 1, H, W]`) into features
     /// `[B, C, H/8, W/8]`. H and W must be multiples of 8; values must be finite.
     pub fn encode(&self, slices: &Tensor) -> Result<Tensor> {
-        let x = check_slices(slices)?;
-        self.backbone.forward(&x.to_device(&self.device)?)
+        let x = check_slices(slices)?.to_device(&self.device)?;
+        if self.config.transpose_slices {
+            return Ok(self.backbone.forward(&x.transpose(2, 3)?.contiguous()?)?.transpose(2, 3)?.contiguous()?);
+        }
+        self.backbone.forward(&x)
     }
 
     /// Encode a batch of 2D slices given as a flat row-major buffer of `batch` slices of `height x width`.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::slicing::slice_indices;
-use super::{segment, AxisChoice, ModalityChoice, PreparedVolume, SegmentOptions, VolumeRef};
+use super::{AxisChoice, ModalityChoice, PreparedVolume, SegmentOptions, VolumeRef};
 use crate::model::Model;
 use crate::{DspnetError, Result};
 
@@ -75,6 +75,8 @@ pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts:
     let axis = fixed_axis(opts.axis)?;
     let mut out = Vec::new();
     let mut overlay = vec![0u16; gt.len()];
+    // Whole-slice features do not depend on the class: encode each slice once for all of them.
+    let mut cache = super::FeatureCache::default();
     for label in classes_of(gt, &opts.classes)? {
         let t0 = Instant::now();
         let (lo, hi) = class_extent(gt, dims, axis, label).expect("class present");
@@ -91,7 +93,7 @@ pub fn evaluate_one_slice(model: &Model, image: VolumeRef<'_>, gt: &[u16], opts:
             }
         }
         let o = SegmentOptions { axis: AxisChoice::Fixed(axis), classes: Some(vec![label]), ..opts.clone() };
-        let (pred, summary) = segment(model, image, &support, &o, &mut |_, _| true)?;
+        let (pred, summary) = super::segment_cached(model, image, &support, &o, &mut |_, _| true, &mut cache)?;
         let whole = dice(pred.iter().zip(gt).map(|(&p, &t)| (p == label, t == label)));
         for (o, &p) in overlay.iter_mut().zip(&pred) {
             if p == label {
@@ -140,6 +142,8 @@ pub fn evaluate_alpnet(
     let frame = s_vol.frame(None)?;
     let q_frame = q_ref.frame(None)?;
     let mut out = Vec::new();
+    // Query features do not depend on the class: encode each slice once.
+    let mut q_features: std::collections::HashMap<usize, candle_core::Tensor> = std::collections::HashMap::new();
     for label in classes_of(q_gt, &opts.classes)? {
         let t0 = Instant::now();
         let support_list: Vec<usize> = (0..s_img.dims[axis]).filter(|&z| slice_indices(s_img.dims, axis, z).any(|v| s_gt[v] == label)).collect();
@@ -158,7 +162,10 @@ pub fn evaluate_alpnet(
         let width = (hi - lo) as f64 / 3.0;
         for z in lo..=hi {
             let chunk = if width > 0.0 { (((z - lo) as f64 / width).floor() as usize).min(2) } else { 0 };
-            let f = q_ref.encode(model, z, &q_frame)?;
+            let f = match q_features.get(&z) {
+                Some(f) => f.clone(),
+                None => q_features.entry(z).or_insert(q_ref.encode(model, z, &q_frame)?).clone(),
+            };
             let logits = q_ref.score(&episodes[chunk], &f, &q_frame)?;
             for (pred, v) in logits.foreground().zip(slice_indices(q_img.dims, axis, z)) {
                 pairs.push((pred, q_gt[v] == label));

@@ -340,6 +340,38 @@ fn touches_border(window: [f64; 4], bbox: [usize; 4], rows: usize, cols: usize) 
 /// (same dims) and a summary. The output is computed in scratch memory: on error or cancel nothing of
 /// the caller's is touched.
 pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &SegmentOptions, progress: Progress<'_>) -> Result<(Vec<u16>, SegmentSummary)> {
+    segment_cached(model, image, support, opts, progress, &mut FeatureCache::default())
+}
+
+/// Whole-slice features of one image, kept between [`segment_cached`] runs on that same image (e.g. an
+/// evaluation that segments one class at a time from different support slices). Entries are tied to the
+/// model, image buffer and axis they were computed for; any other run clears them.
+#[derive(Default)]
+pub struct FeatureCache {
+    key: Option<(usize, usize, usize, usize, ModalityChoice)>,
+    features: HashMap<usize, Tensor>,
+}
+
+impl FeatureCache {
+    fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: ModalityChoice) -> &mut HashMap<usize, Tensor> {
+        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len(), axis, modality);
+        if self.key != Some(key) {
+            self.features.clear();
+            self.key = Some(key);
+        }
+        &mut self.features
+    }
+}
+
+/// [`segment`] reusing (and filling) `cache`.
+pub fn segment_cached(
+    model: &Model,
+    image: VolumeRef<'_>,
+    support: &[u16],
+    opts: &SegmentOptions,
+    progress: Progress<'_>,
+    cache: &mut FeatureCache,
+) -> Result<(Vec<u16>, SegmentSummary)> {
     let t0 = Instant::now();
     let dims = image.dims;
     if dims.iter().any(|&d| d == 0) {
@@ -406,7 +438,7 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
 
     let whole = vol.frame(None)?;
     // Whole-slice features are shared by all classes.
-    let mut feature_cache: HashMap<usize, Tensor> = HashMap::new();
+    let feature_cache = cache.bind(model, &image, axis, opts.modality);
     // The per-class score volumes are the big allocations: refuse cleanly rather than abort the host.
     let mut class_fg: Vec<Vec<f32>> = Vec::new();
     class_fg.try_reserve_exact(classes.len()).map_err(|_| oom(n, classes.len()))?;
@@ -441,7 +473,7 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
                     };
                     let frame = vol.frame(window)?;
                     let features = match window {
-                        None => cached(&mut feature_cache, s, || vol.encode(model, s, &whole))?,
+                        None => cached(feature_cache, s, || vol.encode(model, s, &whole))?,
                         Some(_) => vol.encode(model, s, &frame)?,
                     };
                     episodes.insert((s, growth), (vol.episode(&features, support, s, label, &frame, &opts.head)?, window));
@@ -463,7 +495,7 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
                 };
                 let frame = vol.frame(window)?;
                 let features = match window {
-                    None => cached(&mut feature_cache, z, || vol.encode(model, z, &whole))?,
+                    None => cached(feature_cache, z, || vol.encode(model, z, &whole))?,
                     Some(_) => vol.encode(model, z, &frame)?,
                 };
                 let logits = vol.score(episode, &features, &frame)?;

@@ -44,6 +44,15 @@ pub fn normalize_volume(voxels: &mut [f32], norm: &InputNormalization, modality:
     }
     match *norm {
         InputNormalization::Window { low, high } => {
+            // MRI has no absolute intensity scale: its own 0.5th–99.5th percentile range takes the place
+            // of the window, so air/background lands near 0 and bright tissue near 1, as in the CT window.
+            let (low, high) = match modality {
+                Modality::Ct => (low, high),
+                Modality::Mri => {
+                    let (lo, hi) = (percentile(voxels, 0.5), percentile(voxels, 99.5));
+                    if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
+                }
+            };
             for v in voxels.iter_mut() {
                 *v = ((*v as f64).clamp(low, high) - low) as f32 / (high - low) as f32;
             }
@@ -91,6 +100,18 @@ mod tests {
         assert!(v[0] == v[1] && v[3] == v[4] && v[0] < 0.0 && pad == v[0]);
         let mean: f32 = v.iter().sum::<f32>() / 5.0;
         assert!(mean.abs() < 1e-6);
+    }
+
+    #[test]
+    fn window_scales_ct_by_hounsfield_and_mri_by_percentiles() {
+        let window = InputNormalization::Window { low: -1000.0, high: 1000.0 };
+        let mut ct = vec![-2000.0, -1000.0, 0.0, 1000.0, 3000.0];
+        normalize_volume(&mut ct, &window, Modality::Ct).unwrap();
+        assert_eq!(ct, vec![0.0, 0.0, 0.5, 1.0, 1.0]);
+        let mut mri: Vec<f32> = (0..=1000).map(|i| i as f32).collect();
+        normalize_volume(&mut mri, &window, Modality::Mri).unwrap();
+        assert_eq!((mri[0], mri[1000]), (0.0, 1.0));
+        assert!((mri[500] - 0.5).abs() < 1e-6);
     }
 
     #[test]

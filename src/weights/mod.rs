@@ -2,6 +2,7 @@
 //! metadata, conversion from PyTorch checkpoints, and the deterministic synthetic generator.
 
 pub mod convert;
+pub mod import;
 pub mod pth;
 pub mod synthetic;
 
@@ -141,6 +142,24 @@ pub fn load_safetensors(path: &Path) -> Result<ModelWeights> {
         })
 }
 
+/// The dtype each tensor is stored in, by the crate's own name (to keep it when rewriting a file).
+pub fn stored_dtypes(path: &Path) -> Result<HashMap<String, DType>> {
+    let bytes = std::fs::read(path).map_err(|e| DspnetError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| DspnetError::ModelFormat(format!("{}: invalid safetensors data: {e}", path.display())))?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                _ => DType::F32,
+            };
+            Some((canonical_name(&name)?, dtype))
+        })
+        .collect())
+}
+
 fn tensor_from_view(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Tensor> {
     use safetensors::Dtype as S;
     let dtype = match view.dtype() {
@@ -246,7 +265,12 @@ fn config_from(metadata: &HashMap<String, String>, tensors: &HashMap<String, Ten
         Some(v) => InputNormalization::from_metadata(v)?,
         None => InputNormalization::Official,
     };
-    Ok(ModelConfig { depth, feature_source, feature_channels, projection_bias, input_normalization })
+    let transpose_slices = match metadata.get("transpose_slices").map(String::as_str) {
+        Some("true") => true,
+        Some("false") | None => false,
+        Some(v) => return Err(bad("transpose_slices", v)),
+    };
+    Ok(ModelConfig { depth, feature_source, feature_channels, projection_bias, input_normalization, transpose_slices })
 }
 
 /// Every expected tensor present with its shape, nothing else: list the offenders otherwise.
@@ -307,6 +331,32 @@ pub fn save_safetensors_raw(path: &Path, tensors: &BTreeMap<String, Vec<f32>>, s
     crate::util::write_atomically(path, |tmp| {
         safetensors::serialize_to_file(views, Some(metadata), tmp)
             .map_err(|e| DspnetError::ModelFormat(format!("writing {}: {e}", path.display())))
+    })
+}
+
+/// Write tensors (own names) in their own dtype (f32, f16 or bf16) with the configuration's metadata,
+/// atomically.
+pub fn save_safetensors_mixed(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Tensor>, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    let mut metadata = config.to_metadata();
+    metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let flat = t.flatten_all()?;
+        let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match t.dtype() {
+            DType::F32 => (safetensors::Dtype::F32, f32_bytes(&flat.to_vec1::<f32>()?).to_vec()),
+            DType::F16 => (safetensors::Dtype::F16, flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
+            DType::BF16 => (safetensors::Dtype::BF16, flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
+            other => return Err(DspnetError::ModelFormat(format!("tensor '{name}': cannot store dtype {other:?}"))),
+        };
+        buffers.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+    }
+    let mut views = Vec::with_capacity(buffers.len());
+    for (name, dtype, shape, bytes) in &buffers {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| DspnetError::ModelFormat(format!("tensor '{name}': {e}")))?;
+        views.push((name.clone(), view));
+    }
+    crate::util::write_atomically(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| DspnetError::ModelFormat(format!("writing {}: {e}", path.display())))
     })
 }
 

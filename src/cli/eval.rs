@@ -25,7 +25,7 @@ pub enum MethodArg {
     Copy,
     /// Baseline: the support region's intensity range (2nd-98th percentile of its voxels) on the processed
     /// slices, then the 3D components (6-connected) touching the support (alpnet: overlapping the support
-    /// mask's in-plane footprint in each chunk).
+    /// mask's in-plane footprint in each chunk; --components all skips this step).
     Threshold,
 }
 

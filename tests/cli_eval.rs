@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use dspnet::io::{read_image, read_labels, Volume};
+use std::process::Command;
 
 #[test]
 fn eval_one_slice_and_alpnet_report_dice_per_class() {
@@ -30,6 +31,47 @@ fn eval_one_slice_and_alpnet_report_dice_per_class() {
     assert_eq!(c["support_slices"], serde_json::json!([1, 4, 6]));
     assert_eq!(c["slices_processed"], 8);
     assert_eq!(c["extent"], serde_json::json!([0, 7]));
+}
+
+#[test]
+fn baselines_run_without_a_model() {
+    let case = ct_case("baselines", 3);
+    // No --weights and a default-model path that does not exist: the baselines must not look for one.
+    let run = |args: Vec<std::ffi::OsString>| {
+        Command::new(env!("CARGO_BIN_EXE_dspnet")).args(args).env("DSPNET_WEIGHTS", case.dir.join("absent.safetensors")).output().unwrap()
+    };
+    for method in ["copy", "threshold"] {
+        let o = run(args!["eval", case.image, "--labels", case.gt, "--method", method, "--json"]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!((j["protocol"].as_str(), j["method"].as_str()), (Some("one-slice"), Some(method)));
+        let c = &j["classes"][0];
+        // Same support as dspnet; --extent auto means every slice for a baseline.
+        assert_eq!((&c["support_slices"], &c["slices_processed"]), (&serde_json::json!([3]), &serde_json::json!(7)));
+        let d = c["dice"].as_f64().unwrap();
+        assert!(d > 0.3 && d <= 1.0 && c["seconds"].is_number(), "{method}: {d}");
+
+        let o = run(args!["eval", case.image, "--labels", case.gt, "--method", method, "--protocol", "alpnet"]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let table = String::from_utf8_lossy(&o.stdout);
+        assert!(table.contains(&format!("protocol alpnet, method {method}")), "{table}");
+    }
+
+    // A support volume on another in-plane grid cannot lend its pixels to the query.
+    let narrow = case.dir.join("narrow.nrrd");
+    let narrow_gt = case.dir.join("narrow-gt.nrrd");
+    let (img, gt) = (read_image(&case.image).unwrap(), read_labels(&case.gt).unwrap());
+    write_f32_nrrd(&narrow, &crop(&img, [0, 0, 0], [80, 96, 8]));
+    dspnet::io::write_labels(&narrow_gt, &crop(&gt, [0, 0, 0], [80, 96, 8]), None).unwrap();
+    let o = run(args![
+        "eval", case.image, "--labels", case.gt, "--method", "copy", "--protocol", "alpnet", "--support-image", narrow, "--support-labels", narrow_gt
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("same in-plane grid"), "{}", stderr(&o));
+    let o = run(args!["eval", case.image, "--labels", case.gt, "--method", "copy", "--extent", "2:9"]);
+    assert!(!o.status.success() && stderr(&o).contains("extent 2:9 is outside slices 0..=7"), "{}", stderr(&o));
+    let o = run(args!["eval", case.image, "--labels", case.gt, "--method", "median"]);
+    assert!(!o.status.success() && stderr(&o).contains("possible values: dspnet, copy, threshold"), "{}", stderr(&o));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, ClassScore};
+use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, Baseline, ClassScore, Method};
 use dspnet::volume::VolumeRef;
 use dspnet::{DspnetError, Result};
 
@@ -17,6 +17,18 @@ pub enum Protocol {
     Alpnet,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MethodArg {
+    /// The model.
+    Dspnet,
+    /// Baseline: the support slice's mask repeated on every processed slice.
+    Copy,
+    /// Baseline: the support region's intensity range (2nd-98th percentile of its voxels) on the processed
+    /// slices, then the 3D components (6-connected) touching the support (alpnet: overlapping the support
+    /// mask's in-plane footprint in each chunk; --components all skips this step).
+    Threshold,
+}
+
 #[derive(Args)]
 pub struct EvalArgs {
     /// Query volume.
@@ -26,6 +38,12 @@ pub struct EvalArgs {
     labels: PathBuf,
     #[arg(long, value_enum, default_value = "one-slice")]
     protocol: Protocol,
+    /// Segmentation method, on the same supports and scored region. The baselines need no model (--weights,
+    /// --device, --modality and --fov are ignored); under one-slice, --extent auto means all for them, as
+    /// auto extent follows a model's predictions; under alpnet they need the support volume on the
+    /// query's in-plane grid.
+    #[arg(long, value_enum, default_value = "dspnet")]
+    method: MethodArg,
     /// alpnet: the support volume (default: the query itself).
     #[arg(long, requires = "support_labels")]
     support_image: Option<PathBuf>,
@@ -44,7 +62,16 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let (img, gt) = read_pair(&a.image, &a.labels)?;
-    let model = a.model.load_model()?;
+    // Loaded only for dspnet: the baselines must run where no model is installed.
+    let model;
+    let method = match a.method {
+        MethodArg::Dspnet => {
+            model = a.model.load_model()?;
+            Method::Dspnet(&model)
+        }
+        MethodArg::Copy => Method::Naive(Baseline::Copy),
+        MethodArg::Threshold => Method::Naive(Baseline::Threshold),
+    };
     let opts = a.model.options();
     let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let scores: Vec<ClassScore> = match a.protocol {
@@ -52,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             if a.support_image.is_some() {
                 return Err(DspnetError::InvalidArgument("--support-image applies to --protocol alpnet only".into()));
             }
-            let (scores, prediction) = evaluate_one_slice(&model, q, &gt.data, &opts)?;
+            let (scores, prediction) = evaluate_one_slice(method, q, &gt.data, &opts)?;
             if let Some(p) = &a.preview {
                 let axis = match opts.axis {
                     dspnet::volume::AxisChoice::Fixed(a) => a,
@@ -71,9 +98,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             (Some(si), Some(sl)) => {
                 let (s_img, s_gt) = read_pair(si, sl)?;
                 let s = VolumeRef { data: &s_img.data, dims: s_img.geometry.dims, spacing: s_img.geometry.spacing };
-                evaluate_alpnet(&model, (s, &s_gt.data), (q, &gt.data), &opts)?
+                evaluate_alpnet(method, (s, &s_gt.data), (q, &gt.data), &opts)?
             }
-            _ => evaluate_alpnet(&model, (q, &gt.data), (q, &gt.data), &opts)?,
+            _ => evaluate_alpnet(method, (q, &gt.data), (q, &gt.data), &opts)?,
         },
     };
     let mean = scores.iter().map(|s| s.dice).sum::<f64>() / scores.len().max(1) as f64;
@@ -92,9 +119,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "protocol": protocol, "classes": classes, "mean_dice": mean }));
+        println!("{}", serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean }));
     } else {
-        println!("protocol {protocol}");
+        println!("protocol {protocol}, method {}", method.name());
         println!("{:>6} {:>8} {:>14} {:>10} {:>9} {:>8}", "class", "dice", "dice(extent)", "extent", "slices", "seconds");
         for s in &scores {
             println!(

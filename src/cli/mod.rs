@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod preview;
 mod segment;
+mod train;
 mod weights_cmds;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     SyntheticWeights(weights_cmds::SyntheticArgs),
     /// Measure backbone and head speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Fine-tune a model on unlabelled scans (self-supervised, superpixel episodes).
+    Train(train::TrainArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Info(a) => weights_cmds::info(a),
         Command::SyntheticWeights(a) => weights_cmds::synthetic(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -118,31 +118,3 @@ pub fn augment(image: &[f32], mask: &[u8], n: usize, opts: &AugmentOptions, rng:
     (out_img, out_mask)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_ranges_keep_the_image() {
-        let n = 32;
-        let img: Vec<f32> = (0..n * n).map(|p| (p % 7) as f32).collect();
-        let mask: Vec<u8> = (0..n * n).map(|p| u8::from(p % n > 10)).collect();
-        let none = AugmentOptions { rotation: 0.0, translation: 0.0, shear: 0.0, zoom: (1.0, 1.0), elastic_sigma: 5.0, elastic_alpha: 0.0, gamma: (1.0, 1.0) };
-        let (a, m) = augment(&img, &mask, n, &none, &mut Rng::new(1));
-        assert_eq!(m, mask);
-        assert!(a.iter().zip(&img).all(|(x, y)| (x - y).abs() < 1e-3));
-    }
-
-    #[test]
-    fn draws_are_reproducible_and_keep_most_of_the_mask() {
-        let n = 64;
-        let img: Vec<f32> = (0..n * n).map(|p| ((p / n) as f32 - 30.0) / 10.0).collect();
-        let mask: Vec<u8> = (0..n * n).map(|p| u8::from((20..44).contains(&(p / n)) && (20..44).contains(&(p % n)))).collect();
-        let opts = AugmentOptions::default();
-        let a = augment(&img, &mask, n, &opts, &mut Rng::new(7));
-        let b = augment(&img, &mask, n, &opts, &mut Rng::new(7));
-        assert_eq!(a, b);
-        let area = a.1.iter().filter(|&&v| v == 1).count() as f64;
-        assert!((0.6..1.6).contains(&(area / 576.0)), "area {area}");
-    }
-}

@@ -15,16 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::segment::ModalityArg;
 
-/// Fine-tune a DSPNet model on unlabelled scans with the official self-supervised recipe: superpixel
-/// pseudo-labels (Felzenszwalb, computed here), episodes of two random augmentations of one slice and
-/// superpixel, weighted cross-entropy + prototype-alignment loss, SGD (momentum 0.9, weight decay 5e-4,
-/// lr ×0.95 every 1000 steps).
-///
-/// Made for CPUs without PyTorch, it differs from the reference in two ways: only the last K bottlenecks
-/// of the feature layer and the 1x1 projection are trained (--trainable-blocks; the rest is frozen), and
-/// BatchNorm is folded with its stored statistics and trained as a convolution bias instead of being run
-/// on the statistics of a 2-image batch (which would destroy a pretrained backbone's statistics). The
-/// output is a normal weight file; every tensor that is not trained is kept unchanged.
+/// Arguments of `dspnet train` (the recipe and its deviations are in the subcommand's help).
 #[derive(Args)]
 pub struct TrainArgs {
     /// Initial weights (.safetensors, a DSPNet model).

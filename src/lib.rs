@@ -7,12 +7,14 @@
 //!   1x1 projection to 256 channels;
 //! - [`model::prototypes`]: the parameter-free head (seeds, RAN, SpCenterIter clustering, FSPA, BCMA,
 //!   cosine-prototype scoring), built once per support slice and applied to any number of queries;
-//! - [`model::Model`]: ties them together on a candle device.
+//! - [`model::Model`]: ties them together on a candle device;
+//! - [`train`]: self-supervised fine-tuning on unlabelled scans (superpixel episodes).
 
 pub mod capi;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod train;
 pub mod util;
 pub mod volume;
 pub mod weights;

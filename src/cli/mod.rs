@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod preview;
 mod segment;
+mod train;
 mod weights_cmds;
 
 use std::process::ExitCode;
@@ -35,6 +36,18 @@ enum Command {
     SyntheticWeights(weights_cmds::SyntheticArgs),
     /// Measure backbone and head speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Fine-tune a model on unlabelled scans (self-supervised, superpixel episodes).
+    ///
+    /// The official recipe: superpixel pseudo-labels (Felzenszwalb, computed here), episodes of two random
+    /// augmentations of one slice and superpixel, weighted cross-entropy + prototype-alignment loss, SGD
+    /// (momentum 0.9, weight decay 5e-4, lr x0.95 every 1000 steps).
+    ///
+    /// Made for CPUs without PyTorch, it differs from the reference in two ways: only the last K
+    /// bottlenecks of the feature layer and the 1x1 projection are trained (--trainable-blocks; the rest
+    /// is frozen), and BatchNorm is folded with its stored statistics and trained as a convolution bias
+    /// instead of running on the statistics of a 2-image batch (which would destroy a pretrained
+    /// backbone's statistics). The output is a normal weight file; every untrained tensor is unchanged.
+    Train(train::TrainArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::FitProjection(a) => weights_cmds::fit_projection(a),
         Command::SyntheticWeights(a) => weights_cmds::synthetic(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

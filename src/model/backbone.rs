@@ -23,7 +23,7 @@ use crate::model::config::{FeatureSource, ModelConfig};
 use crate::{DspnetError, Result};
 
 /// torchvision's BatchNorm epsilon.
-const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_EPS: f64 = 1e-5;
 
 #[path = "conv/mod.rs"]
 mod conv;
@@ -239,9 +239,9 @@ fn take(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
     tensors.get(name).cloned().ok_or_else(|| DspnetError::ModelFormat(format!("missing tensor {name}")))
 }
 
-/// Fold `bn` (eval mode) into conv `weight`; computed in f64 on the CPU, then moved to `device` as f32.
-#[allow(clippy::too_many_arguments)]
-fn fold(tensors: &HashMap<String, Tensor>, conv: &str, bn: &str, stride: usize, padding: usize, dilation: usize, device: &Device, pack: bool) -> Result<FoldedConv> {
+/// Fold `bn` (eval mode) into conv `weight`: (weight [O, I, kh, kw], bias [O]), computed in f64 on the CPU
+/// and rounded once to f32.
+pub(crate) fn fold_batchnorm(tensors: &HashMap<String, Tensor>, conv: &str, bn: &str) -> Result<(Tensor, Tensor)> {
     let w = take(tensors, &format!("{conv}.weight"))?.to_dtype(DType::F64)?;
     let gamma = take(tensors, &format!("{bn}.weight"))?.to_dtype(DType::F64)?;
     let beta = take(tensors, &format!("{bn}.bias"))?.to_dtype(DType::F64)?;
@@ -250,7 +250,24 @@ fn fold(tensors: &HashMap<String, Tensor>, conv: &str, bn: &str, stride: usize, 
     let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
     let weight = w.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
     let bias = (beta - (mean * &scale)?)?;
-    FoldedConv::new(weight.to_dtype(DType::F32)?, Some(bias.to_dtype(DType::F32)?), stride, padding, dilation, device, pack)
+    Ok((weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?))
+}
+
+/// A folded convolution on `device` (packed for the fast path when `pack`).
+#[allow(clippy::too_many_arguments)]
+fn fold(tensors: &HashMap<String, Tensor>, conv: &str, bn: &str, stride: usize, padding: usize, dilation: usize, device: &Device, pack: bool) -> Result<FoldedConv> {
+    let (weight, bias) = fold_batchnorm(tensors, conv, bn)?;
+    FoldedConv::new(weight, Some(bias), stride, padding, dilation, device, pack)
+}
+
+/// (stride, dilation) of the 3x3 convolution of bottleneck `block` of layer `layer` (0-based): torchvision
+/// with replace_stride_with_dilation = [False, True, True] — layer2 strides, layer3 and layer4 dilate
+/// instead, and the first block of a dilated layer keeps the previous dilation. The padding equals the
+/// dilation.
+pub(crate) fn block_geometry(layer: usize, block: usize) -> (usize, usize) {
+    const PLAN: [(usize, usize, usize); 4] = [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]; // (stride, first dilation, later dilation)
+    let (stride, first_dil, dil) = PLAN[layer];
+    if block == 0 { (stride, first_dil) } else { (1, dil) }
 }
 
 /// Whether a model loaded on `device` packs its weights for the CPU fast path: on the CPU when this CPU
@@ -274,15 +291,11 @@ impl Backbone {
         let stem_rgb = FoldedConv::new(stem_w, stem_b, 2, 3, 1, device, pack)?;
         let blocks = config.blocks()?;
         let mut layers = Vec::new();
-        // torchvision with replace_stride_with_dilation = [False, True, True]: layer2 strides, layer3 and
-        // layer4 dilate instead; the first block of a dilated layer keeps the previous dilation.
-        let plan: [(usize, usize, usize); 4] = [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]; // (stride, first dilation, later dilation)
         for (l, &n) in blocks.iter().enumerate().take(config.layers_used()) {
-            let (stride, first_dil, dil) = plan[l];
             let mut layer = Vec::with_capacity(n);
             for b in 0..n {
                 let p = format!("backbone.layer{}.{b}", l + 1);
-                let (s, d) = if b == 0 { (stride, first_dil) } else { (1, dil) };
+                let (s, d) = block_geometry(l, b);
                 layer.push(Bottleneck {
                     conv1: fold(tensors, &format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0, 1, device, pack)?,
                     conv2: fold(tensors, &format!("{p}.conv2"), &format!("{p}.bn2"), s, d, d, device, pack)?,
@@ -374,6 +387,39 @@ impl Backbone {
     /// As [`forward_traced`](Self::forward_traced) with a chosen implementation.
     pub fn forward_traced_with(&self, x: &Tensor, backend: ConvBackend, mut on_block: impl FnMut(usize, &Tensor)) -> Result<StageOutputs> {
         self.run(x, backend, Some(&mut on_block), None)
+    }
+
+    /// Bottlenecks over all built layers (layer1 first).
+    pub fn num_blocks(&self) -> usize {
+        self.layers.iter().map(Vec::len).sum()
+    }
+
+    /// The stem and the first `blocks` bottlenecks only: input [B, 1 or 3, H, W] → that bottleneck's
+    /// output [B, channels, H/8, W/8] (for training, where the rest of the network is trained).
+    pub fn forward_prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
+        if blocks > self.num_blocks() {
+            return Err(DspnetError::InvalidArgument(format!("the backbone has {} bottlenecks, not {blocks}", self.num_blocks())));
+        }
+        let mut prof = None;
+        match self.resolve_backend(ConvBackend::Auto, x.device()) {
+            ConvBackend::Fast => {
+                let (b, c, h, w) = x.dims4()?;
+                let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = self.stem_conv(c)?.forward_fast(&Nhwc::from_nchw(&v, b, c, h, w), None, true, self.kernel, &mut prof)?;
+                let mut y = conv::max_pool_3x3s2(&y);
+                for block in self.layers.iter().flatten().take(blocks) {
+                    y = block.forward_fast(y, self.kernel, &mut prof)?;
+                }
+                Ok(Tensor::from_vec(y.to_nchw(), (y.n, y.c, y.h, y.w), &Device::Cpu)?)
+            }
+            _ => {
+                let mut y = self.stem(x, &mut prof)?;
+                for block in self.layers.iter().flatten().take(blocks) {
+                    y = block.forward(&y, &mut prof)?;
+                }
+                Ok(y)
+            }
+        }
     }
 
     fn run(&self, x: &Tensor, backend: ConvBackend, trace: Option<BlockHook>, mut prof: Option<&mut Profile>) -> Result<StageOutputs> {

@@ -16,6 +16,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use crate::model::prototypes::{upsample_logits, HeadOptions, SupportEpisode};
+use crate::model::config::InputNormalization;
 use crate::model::Model;
 use crate::{DspnetError, Result};
 use normalize::Modality;
@@ -216,13 +217,18 @@ impl SliceLogits {
 
 impl PreparedVolume {
     pub fn new(model: &Model, image: VolumeRef<'_>, axis: usize, modality: ModalityChoice) -> Result<Self> {
+        Self::with_normalization(image, axis, modality, &model.config().input_normalization)
+    }
+
+    /// As [`new`](Self::new) for weights not loaded as a [`Model`] (training).
+    pub fn with_normalization(image: VolumeRef<'_>, axis: usize, modality: ModalityChoice, norm: &InputNormalization) -> Result<Self> {
         let modality = match modality {
             ModalityChoice::Ct => Modality::Ct,
             ModalityChoice::Mri => Modality::Mri,
             ModalityChoice::Auto => Modality::guess(image.data),
         };
         let mut normalized = image.data.to_vec();
-        let pad = normalize::normalize_volume(&mut normalized, &model.config().input_normalization, modality)?;
+        let pad = normalize::normalize_volume(&mut normalized, norm, modality)?;
         let (rows, cols) = slice_shape(image.dims, axis);
         let (ra, ca) = in_plane_axes(axis);
         Ok(PreparedVolume {
@@ -235,6 +241,11 @@ impl PreparedVolume {
             pad,
             modality,
         })
+    }
+
+    /// Smallest and largest normalised value of the volume.
+    pub fn value_range(&self) -> (f32, f32) {
+        (self.pad, self.normalized.iter().copied().fold(f32::NEG_INFINITY, f32::max))
     }
 
     pub fn slices(&self) -> usize {

@@ -2,7 +2,7 @@
 //! the reference's `gridconv` / `gridconv+` branches. No learned parameters besides the fixed `cal`.
 
 use candle_core::{Device, Tensor};
-use candle_nn::ops::softmax_last_dim;
+use super::softmax_last_dim;
 
 use crate::error::{DspnetError, Result};
 

@@ -2,7 +2,7 @@
 //! `mask`).
 
 use candle_core::Tensor;
-use candle_nn::ops::softmax_last_dim;
+use super::softmax_last_dim;
 
 use crate::error::Result;
 

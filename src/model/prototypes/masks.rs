@@ -14,7 +14,8 @@ pub struct FeatureMasks {
     pub m_f: Vec<f32>,
     /// `m_b` [h·w]: the same for the bg mask 1 − fg (= 1 − m_f exactly).
     pub m_b: Vec<f32>,
-    /// `pool_f`, `pool_b` [(h/2)·(w/2)]: 2×2 average pools (`val_wsize = 2`), index p = (w/2)·row + col.
+    /// `pool_f`, `pool_b` [(h/k)·(w/k)]: k×k average pools (k = `HeadOptions::local_pool`: 2 at inference,
+    /// 4 in training), index p = (w/k)·row + col.
     pub pool_f: Vec<f32>,
     pub pool_b: Vec<f32>,
     /// Max of the non-overlapping 4×4 average pool of `m_f` (the fg mode test always uses 4, not
@@ -26,8 +27,8 @@ pub struct FeatureMasks {
 
 impl FeatureMasks {
     /// `fg` is the binarised full-resolution mask (`stride·h` × `stride·w`, values 0/1).
-    /// Callers guarantee the sizes (checked in `SupportEpisode::new`).
-    pub(crate) fn new(fg: &[u8], h: usize, w: usize, stride: usize) -> Self {
+    /// `pool` is the local-prototype window. Callers guarantee the sizes (checked in `SupportEpisode::new`).
+    pub(crate) fn new(fg: &[u8], h: usize, w: usize, stride: usize, pool: usize) -> Self {
         let width = stride * w;
         // PyTorch bilinear, align_corners = false, exact integer ratio: source coordinate
         // (i + 0.5)·stride − 0.5 = stride·i + stride/2 − 0.5 → pixels stride·i + stride/2 − 1 and
@@ -45,8 +46,8 @@ impl FeatureMasks {
             }
         }
         let m_b: Vec<f32> = m_f.iter().map(|&v| 1.0 - v).collect();
-        let pool_f = avg_pool(&m_f, h, w, 2);
-        let pool_b = avg_pool(&m_b, h, w, 2);
+        let pool_f = avg_pool(&m_f, h, w, pool);
+        let pool_b = avg_pool(&m_b, h, w, pool);
         let max_pool4_f = avg_pool(&m_f, h, w, 4)
             .into_iter()
             .fold(f32::NEG_INFINITY, f32::max);

@@ -49,6 +49,9 @@ pub struct HeadOptions {
     pub max_seeds: usize,
     /// `avg_sp_area` (in feature cells).
     pub area_per_seed: usize,
+    /// Side of the local-prototype pooling window (`val_wsize`): 2 at inference (16×16 = 256 candidate
+    /// local prototypes); training uses 4 (`proto_grid_size = 8`, spec §2.3).
+    pub local_pool: usize,
     /// SpCenterIter iterations (`n_iter`).
     pub cluster_iterations: usize,
     /// Optional C·C row-major `cal` override (a checkpoint's `cls_unit.cal`). `None` builds it from
@@ -66,6 +69,7 @@ impl Default for HeadOptions {
             bg_threshold: 0.95,
             max_seeds: 5,
             area_per_seed: 100,
+            local_pool: 2,
             cluster_iterations: 10,
             calibration: None,
         }
@@ -103,7 +107,7 @@ pub struct HeadTrace {
     pub s_bg: Tensor,
     pub s_fg: Tensor,
     // --- per episode (copies of the support-side state) ---
-    /// m_f, m_b [h·w], pool_f, pool_b [(h/2)·(w/2)] (exact).
+    /// m_f, m_b [h·w], pool_f, pool_b [(h/k)·(w/k)] for the k×k local pool (exact).
     pub m_f: Vec<f32>,
     pub m_b: Vec<f32>,
     pub pool_f: Vec<f32>,
@@ -205,7 +209,11 @@ impl SupportEpisode {
         }
 
         // Masks at feature resolution, fg mode.
-        let masks = FeatureMasks::new(&fg, h, w, FEATURE_STRIDE);
+        let pool = opts.local_pool;
+        if h % pool != 0 || w % pool != 0 {
+            return Err(DspnetError::Shape(format!("{h}x{w} features cannot be pooled in {pool}x{pool} windows")));
+        }
+        let masks = FeatureMasks::new(&fg, h, w, FEATURE_STRIDE, pool);
         let fg_mode = if masks.max_pool4_f >= opts.fg_threshold {
             ForegroundMode::GridConvPlus
         } else {
@@ -226,11 +234,11 @@ impl SupportEpisode {
         )?;
         let used_seeds = placement.used_seeds().to_vec();
 
-        // BCMA on the 2×2-pooled raw support features, from all P prototypes before selection.
+        // BCMA on the pooled raw support features, from all P prototypes before selection.
         let pooled = support
             .reshape((1, c, h, w))?
-            .avg_pool2d(2)?
-            .reshape((c, (h / 2) * (w / 2)))?
+            .avg_pool2d(pool)?
+            .reshape((c, (h / pool) * (w / pool)))?
             .contiguous()?;
         let mats =
             bcma::BcmaMatrices::new(c, opts.mixing_weights, opts.calibration.as_deref(), &device)?;
@@ -408,6 +416,18 @@ impl SupportEpisode {
     }
 }
 
+/// Softmax over the last dimension. Inference keeps candle's fused kernel (bit-identical to before); when
+/// gradients are tracked (training, see `crate::train`) it is built from elementary ops, because the fused
+/// kernel has no backward pass. The max shift is detached: it does not change the value, only stability.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    let max = x.max_keepdim(candle_core::D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1)?)?)
+}
+
 /// Accepts [C, h, w] or [1, C, h, w]; converts to f32.
 fn as_chw(t: &Tensor, what: &str) -> Result<Tensor> {
     let t = match t.rank() {
@@ -445,6 +465,9 @@ fn check_options(o: &HeadOptions) -> Result<()> {
         return Err(DspnetError::InvalidArgument(
             "head options must be finite".into(),
         ));
+    }
+    if o.local_pool == 0 {
+        return Err(DspnetError::InvalidArgument("local_pool must be >= 1".into()));
     }
     if o.area_per_seed == 0 {
         return Err(DspnetError::InvalidArgument(

@@ -1,7 +1,7 @@
 //! RAN, resemblance attention (`MultiProtoAsConv.attention`, spec §1.6). No parameters.
 
 use candle_core::Tensor;
-use candle_nn::ops::softmax_last_dim;
+use super::softmax_last_dim;
 
 use crate::error::Result;
 

@@ -9,7 +9,7 @@ use candle_core::Device;
 use common::*;
 use dspnet::io::{read_image, read_labels, Volume};
 use dspnet::model::Model;
-use dspnet::volume::{segment, AxisChoice, ComponentsMode, ExtentMode, FovMode, SegmentOptions, VolumeRef};
+use dspnet::volume::{segment, segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, SegmentOptions, VolumeRef};
 use dspnet::DspnetError;
 
 fn model() -> &'static Model {
@@ -122,6 +122,46 @@ fn classes_merge_by_foreground_score_not_label_order() {
     // Swapping the label values must not change which region wins where both predict: the winner follows
     // the scores, not the order of the classes.
     assert_eq!(overlap_winner_is_left[0], overlap_winner_is_left[1]);
+}
+
+/// The painted liver split into two classes (left / right half of the support slice).
+fn two_classes(sup: &[u16]) -> Vec<u16> {
+    sup.iter().enumerate().map(|(v, &l)| if l == 1 && v % 80 >= 40 { 2 } else { l }).collect()
+}
+
+#[test]
+fn batched_encoding_gives_the_labels_of_slice_by_slice() {
+    let (img, _, sup) = ct();
+    let two = two_classes(&sup.data);
+    let one = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, batch: 1, ..Default::default() };
+    for extent in [ExtentMode::All, ExtentMode::Range(1, 6)] {
+        let base = SegmentOptions { extent, ..one.clone() };
+        let (reference, summary) = run(&img, &two, &base).unwrap();
+        assert!(reference.iter().any(|&l| l == 2) && summary.slices_processed > 0);
+        // 4 leaves a partial last batch; 8 covers every query slice at once.
+        for batch in [4, 8] {
+            let (batched, s) = run(&img, &two, &SegmentOptions { batch, ..base.clone() }).unwrap();
+            assert_eq!(batched, reference, "batch {batch}, extent {extent:?}");
+            assert_eq!(s.slices_processed, summary.slices_processed);
+        }
+    }
+}
+
+#[test]
+fn dropping_used_features_does_not_change_results() {
+    let (img, _, sup) = ct();
+    let two = two_classes(&sup.data);
+    for extent in [ExtentMode::Auto, ExtentMode::All] {
+        let opts = SegmentOptions { extent, components: ComponentsMode::All, batch: 2, ..Default::default() };
+        // `segment` keeps query features only while a later class needs them; a reusable cache keeps all,
+        // and a second run on the filled cache encodes nothing.
+        let (dropped, _) = run(&img, &two, &opts).unwrap();
+        let mut cache = FeatureCache::default();
+        for pass in 0..2 {
+            let (kept, _) = segment_cached(model(), view(&img), &two, &opts, &mut |_, _| true, &mut cache).unwrap();
+            assert_eq!(kept, dropped, "extent {extent:?}, pass {pass}");
+        }
+    }
 }
 
 #[test]

@@ -126,6 +126,13 @@ pub struct ImportArgs {
     /// The backbone was trained on slices whose rows follow the first voxel axis (e.g. `vol[:, :, k]`).
     #[arg(long)]
     transpose_slices: bool,
+    /// Extra metadata stored in the file (provenance, licence), as KEY=VALUE; repeatable.
+    #[arg(long = "metadata", value_parser = parse_key_value)]
+    metadata: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())).filter(|(k, _)| !k.is_empty()).ok_or_else(|| format!("'{s}': expected KEY=VALUE"))
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
@@ -138,6 +145,7 @@ pub fn import(a: ImportArgs) -> Result<()> {
         feature_source: a.features.into(),
         input_normalization: InputNormalization::from_metadata(&a.input_normalization)?,
         transpose_slices: a.transpose_slices,
+        metadata: a.metadata.into_iter().collect(),
     };
     let r = import_resnet(&a.input, &a.output, &opts)?;
     println!(

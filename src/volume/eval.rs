@@ -303,9 +303,9 @@ enum AlpnetSegmenter<'m> {
 /// The support and query volumes prepared for the model, with their whole-slice frames.
 struct AlpnetModel<'m> {
     model: &'m Model,
-    s_vol: PreparedVolume,
+    s_vol: PreparedVolume<'m>,
     /// None when the query is the support volume itself.
-    q_vol: Option<PreparedVolume>,
+    q_vol: Option<PreparedVolume<'m>>,
     frame: CanvasFrame,
     q_frame: CanvasFrame,
     /// Query features do not depend on the class: each slice is encoded once for all classes.
@@ -313,7 +313,7 @@ struct AlpnetModel<'m> {
 }
 
 impl<'m> AlpnetModel<'m> {
-    fn new(model: &'m Model, s_img: VolumeRef<'_>, q_img: VolumeRef<'_>, axis: usize, opts: &SegmentOptions) -> Result<Self> {
+    fn new(model: &'m Model, s_img: VolumeRef<'m>, q_img: VolumeRef<'m>, axis: usize, opts: &SegmentOptions) -> Result<Self> {
         let s_vol = PreparedVolume::new(model, s_img, axis, opts.modality)?;
         let q_vol = if std::ptr::eq(s_img.data, q_img.data) {
             None

@@ -19,7 +19,7 @@ use crate::model::prototypes::{upsample_logits, HeadOptions, SupportEpisode};
 use crate::model::config::InputNormalization;
 use crate::model::Model;
 use crate::{DspnetError, Result};
-use normalize::Modality;
+use normalize::{Modality, Normalizer};
 use slicing::{extract_slice, in_plane_axes, slice_indices, slice_shape, CanvasFrame};
 
 /// Side of the square model input.
@@ -89,6 +89,9 @@ pub struct SegmentOptions {
     pub extent_patience: usize,
     /// Auto extent: a slice counts as "without the structure" below this fraction of the support area.
     pub extent_min_fraction: f64,
+    /// Slices per backbone call where the slices to encode are known in advance (extent all or a range,
+    /// whole-slice field of view); 0 = from the device and the activation memory budget.
+    pub batch: usize,
 }
 
 impl Default for SegmentOptions {
@@ -103,6 +106,7 @@ impl Default for SegmentOptions {
             head: HeadOptions::default(),
             extent_patience: 3,
             extent_min_fraction: 0.05,
+            batch: 0,
         }
     }
 }
@@ -134,9 +138,14 @@ pub fn voxel_count(dims: [usize; 3]) -> Result<usize> {
 
 /// Number of slices along each axis that hold a non-zero label.
 pub fn labelled_slice_counts(labels: &[u16], dims: [usize; 3]) -> [usize; 3] {
+    slice_counts_where(labels, dims, |l| l != 0)
+}
+
+/// Number of slices along each axis that hold a label accepted by `counted`.
+fn slice_counts_where(labels: &[u16], dims: [usize; 3], counted: impl Fn(u16) -> bool) -> [usize; 3] {
     let mut seen = [vec![false; dims[0]], vec![false; dims[1]], vec![false; dims[2]]];
     for (n, &l) in labels.iter().enumerate() {
-        if l != 0 {
+        if counted(l) {
             let i = n % dims[0];
             let j = (n / dims[0]) % dims[1];
             let k = n / (dims[0] * dims[1]);
@@ -152,7 +161,11 @@ const AXIS_NAMES: [&str; 3] = ["i", "j", "k"];
 
 /// The slice axis: the one along which the labels lie on clearly fewer slices than along the others.
 pub fn choose_axis(labels: &[u16], dims: [usize; 3], choice: AxisChoice) -> Result<usize> {
-    let counts = labelled_slice_counts(labels, dims);
+    axis_from_counts(labelled_slice_counts(labels, dims), dims, choice)
+}
+
+/// [`choose_axis`] from the labelled slice counts along each axis.
+fn axis_from_counts(counts: [usize; 3], dims: [usize; 3], choice: AxisChoice) -> Result<usize> {
     let describe = || format!("labels lie on {} slices along i, {} along j, {} along k", counts[0], counts[1], counts[2]);
     let mut order = [0usize, 1, 2];
     order.sort_by_key(|&a| (counts[a], a));
@@ -186,19 +199,18 @@ pub fn choose_axis(labels: &[u16], dims: [usize; 3], choice: AxisChoice) -> Resu
     }
 }
 
-/// A volume normalised for the model and cut along the slice axis: everything needed to turn slice `z`
-/// into model input and model output back into slice pixels.
-pub struct PreparedVolume {
-    normalized: Vec<f32>,
+/// A volume prepared for the model and cut along the slice axis: everything needed to turn slice `z`
+/// into model input and model output back into slice pixels. Slices are normalised as they are cut, so
+/// no normalised copy of the volume is kept.
+pub struct PreparedVolume<'a> {
+    image: &'a [f32],
+    normalizer: Normalizer,
     pub dims: [usize; 3],
     pub axis: usize,
     pub rows: usize,
     pub cols: usize,
     /// In-plane spacing (row, column) in mm.
     pub pixel_spacing: [f64; 2],
-    /// Normalised value for canvas pixels outside the slice (the volume minimum, as the official
-    /// pipeline pads).
-    pad: f32,
     pub modality: Modality,
 }
 
@@ -215,37 +227,37 @@ impl SliceLogits {
     }
 }
 
-impl PreparedVolume {
-    pub fn new(model: &Model, image: VolumeRef<'_>, axis: usize, modality: ModalityChoice) -> Result<Self> {
+impl<'a> PreparedVolume<'a> {
+    pub fn new(model: &Model, image: VolumeRef<'a>, axis: usize, modality: ModalityChoice) -> Result<Self> {
         Self::with_normalization(image, axis, modality, &model.config().input_normalization)
     }
 
     /// As [`new`](Self::new) for weights not loaded as a [`Model`] (training).
-    pub fn with_normalization(image: VolumeRef<'_>, axis: usize, modality: ModalityChoice, norm: &InputNormalization) -> Result<Self> {
+    pub fn with_normalization(image: VolumeRef<'a>, axis: usize, modality: ModalityChoice, norm: &InputNormalization) -> Result<Self> {
         let modality = match modality {
             ModalityChoice::Ct => Modality::Ct,
             ModalityChoice::Mri => Modality::Mri,
             ModalityChoice::Auto => Modality::guess(image.data),
         };
-        let mut normalized = image.data.to_vec();
-        let pad = normalize::normalize_volume(&mut normalized, norm, modality)?;
+        let normalizer = Normalizer::fit(image.data, norm, modality)?;
         let (rows, cols) = slice_shape(image.dims, axis);
         let (ra, ca) = in_plane_axes(axis);
         Ok(PreparedVolume {
-            normalized,
+            image: image.data,
+            normalizer,
             dims: image.dims,
             axis,
             rows,
             cols,
             pixel_spacing: [image.spacing[ra], image.spacing[ca]],
-            pad,
             modality,
         })
     }
 
     /// Smallest and largest normalised value of the volume.
     pub fn value_range(&self) -> (f32, f32) {
-        (self.pad, self.normalized.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        // The mapping is monotone: the extremes are the images of the raw extremes.
+        (self.normalizer.pad, self.normalizer.map(self.image.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
     }
 
     pub fn slices(&self) -> usize {
@@ -259,13 +271,20 @@ impl PreparedVolume {
 
     /// Model input for slice `z` under `frame`.
     pub fn canvas(&self, z: usize, frame: &CanvasFrame) -> Vec<f32> {
-        let img = extract_slice(&self.normalized, self.dims, self.axis, z);
-        frame.image_to_canvas(&img, self.rows, self.cols, self.pad)
+        let img: Vec<f32> = slice_indices(self.dims, self.axis, z).map(|v| self.normalizer.map(self.image[v])).collect();
+        frame.image_to_canvas(&img, self.rows, self.cols, self.normalizer.pad)
     }
 
     /// Features `[C, 32, 32]` of slice `z` under `frame`.
     pub fn encode(&self, model: &Model, z: usize, frame: &CanvasFrame) -> Result<Tensor> {
         Ok(model.encode_slices(&self.canvas(z, frame), 1, CANVAS, CANVAS)?.squeeze(0)?)
+    }
+
+    /// Features `[C, 32, 32]` of the whole slices `zs`, encoded in one backbone call.
+    pub fn encode_batch(&self, model: &Model, zs: &[usize], frame: &CanvasFrame) -> Result<Vec<Tensor>> {
+        let input: Vec<f32> = zs.iter().flat_map(|&z| self.canvas(z, frame)).collect();
+        let f = model.encode_slices(&input, zs.len(), CANVAS, CANVAS)?;
+        Ok((0..zs.len()).map(|i| f.get(i)).collect::<candle_core::Result<_>>()?)
     }
 
     /// The episode of class `label` painted on slice `z` of `labels` (a volume on this grid).
@@ -351,7 +370,25 @@ fn touches_border(window: [f64; 4], bbox: [usize; 4], rows: usize, cols: usize) 
 /// (same dims) and a summary. The output is computed in scratch memory: on error or cancel nothing of
 /// the caller's is touched.
 pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &SegmentOptions, progress: Progress<'_>) -> Result<(Vec<u16>, SegmentSummary)> {
-    segment_cached(model, image, support, opts, progress, &mut FeatureCache::default())
+    segment_cached(model, image, support, opts, progress, &mut FeatureCache { transient: true, ..FeatureCache::default() })
+}
+
+/// Backbone activation memory of one 256x256 slice: peak RSS grows by 9-11 MB per slice of a batch for
+/// ResNet-50 with layer3 or layer4 features (`dspnet bench --batch 1|8`), rounded up.
+const SLICE_ACTIVATION_BYTES: usize = 12 << 20;
+/// What the activations of one batch may take.
+const BATCH_BUDGET_BYTES: usize = 96 << 20;
+const MAX_BATCH: usize = 8;
+
+/// Slices per backbone call for known query slices.
+fn batch_size(model: &Model, opts: &SegmentOptions) -> usize {
+    match opts.batch {
+        // On the CPU a batch costs as much per slice as single slices, or more (ResNet-50 layer3, 2 cores:
+        // 150 ms/slice at batch 1, 158 at 4, 188 at 8), and holds more memory.
+        0 if model.device().is_cpu() => 1,
+        0 => (BATCH_BUDGET_BYTES / SLICE_ACTIVATION_BYTES).clamp(1, MAX_BATCH),
+        b => b,
+    }
 }
 
 /// Whole-slice features of one image, kept between [`segment_cached`] runs on that same image (e.g. an
@@ -361,16 +398,47 @@ pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &Segm
 pub struct FeatureCache {
     key: Option<(usize, usize, usize, usize, ModalityChoice)>,
     features: HashMap<usize, Tensor>,
+    /// Not reused after this run: query slices are kept only while a later class may still score them
+    /// (1 MB per slice adds up to a second volume).
+    transient: bool,
 }
 
 impl FeatureCache {
-    fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: ModalityChoice) -> &mut HashMap<usize, Tensor> {
+    fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: ModalityChoice) {
         let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len(), axis, modality);
         if self.key != Some(key) {
             self.features.clear();
             self.key = Some(key);
         }
-        &mut self.features
+    }
+}
+
+/// Whole-slice features during one class's pass: the cache, plus query slices encoded ahead in a batch.
+struct SliceFeatures<'c> {
+    cache: &'c mut FeatureCache,
+    ahead: HashMap<usize, Tensor>,
+    /// Store scored query slices in the cache.
+    keep_queries: bool,
+}
+
+impl SliceFeatures<'_> {
+    fn has(&self, z: usize) -> bool {
+        self.cache.features.contains_key(&z) || self.ahead.contains_key(&z)
+    }
+
+    /// Features of slice `z`; support slices stay cached (few, and shared by the classes).
+    fn get(&mut self, z: usize, is_query: bool, encode: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        if let Some(t) = self.cache.features.get(&z) {
+            return Ok(t.clone());
+        }
+        let t = match self.ahead.remove(&z) {
+            Some(t) => t,
+            None => encode()?,
+        };
+        if !is_query || self.keep_queries {
+            self.cache.features.insert(z, t.clone());
+        }
+        Ok(t)
     }
 }
 
@@ -418,8 +486,7 @@ pub fn segment_cached(
         }
     };
     // The axis is judged from the classes being segmented only.
-    let class_labels: Vec<u16> = support.iter().map(|&l| if classes.contains(&l) { l } else { 0 }).collect();
-    let axis = choose_axis(&class_labels, dims, opts.axis)?;
+    let axis = axis_from_counts(slice_counts_where(support, dims, |l| l != 0 && classes.contains(&l)), dims, opts.axis)?;
     let vol = PreparedVolume::new(model, image, axis, opts.modality)?;
     let n_slices = vol.slices();
     let (rows, cols) = (vol.rows, vol.cols);
@@ -449,13 +516,16 @@ pub fn segment_cached(
 
     let whole = vol.frame(None)?;
     // Whole-slice features are shared by all classes.
-    let feature_cache = cache.bind(model, &image, axis, opts.modality);
+    cache.bind(model, &image, axis, opts.modality);
+    let batch = batch_size(model, opts);
     // The per-class score volumes are the big allocations: refuse cleanly rather than abort the host.
     let mut class_fg: Vec<Vec<f32>> = Vec::new();
     class_fg.try_reserve_exact(classes.len()).map_err(|_| oom(n, classes.len()))?;
     let mut processed = 0usize;
-    for &label in &classes {
+    for (ci, &label) in classes.iter().enumerate() {
         let supports = &support_slices[&label];
+        let keep_queries = !cache.transient || ci + 1 < classes.len();
+        let mut feats = SliceFeatures { cache: &mut *cache, ahead: HashMap::new(), keep_queries };
         // Per voxel: the class's foreground logit where it wins, -inf elsewhere; support voxels +inf.
         let mut fg: Vec<f32> = Vec::new();
         fg.try_reserve_exact(n).map_err(|_| oom(n, classes.len()))?;
@@ -472,7 +542,7 @@ pub fn segment_cached(
         // Episodes keyed by (support slice, window growth step); built once, reused by many queries.
         let mut episodes: HashMap<(usize, u32), (SupportEpisode, Option<[f64; 4]>)> = HashMap::new();
         // Score slice z; `follow` is the prediction bbox of the neighbour towards the support (auto fov).
-        let mut score_slice = |z: usize, follow: Option<[usize; 4]>, fg: &mut Vec<f32>| -> Result<(usize, Option<[usize; 4]>)> {
+        let mut score_slice = |z: usize, follow: Option<[usize; 4]>, fg: &mut Vec<f32>, feats: &mut SliceFeatures|  -> Result<(usize, Option<[usize; 4]>)> {
             let s = nearest(supports, z);
             let mut growth = 0u32;
             loop {
@@ -484,7 +554,7 @@ pub fn segment_cached(
                     };
                     let frame = vol.frame(window)?;
                     let features = match window {
-                        None => cached(feature_cache, s, || vol.encode(model, s, &whole))?,
+                        None => feats.get(s, false, || vol.encode(model, s, &whole))?,
                         Some(_) => vol.encode(model, s, &frame)?,
                     };
                     episodes.insert((s, growth), (vol.episode(&features, support, s, label, &frame, &opts.head)?, window));
@@ -506,7 +576,7 @@ pub fn segment_cached(
                 };
                 let frame = vol.frame(window)?;
                 let features = match window {
-                    None => cached(feature_cache, z, || vol.encode(model, z, &whole))?,
+                    None => feats.get(z, true, || vol.encode(model, z, &whole))?,
                     Some(_) => vol.encode(model, z, &frame)?,
                 };
                 let logits = vol.score(episode, &features, &frame)?;
@@ -539,10 +609,17 @@ pub fn segment_cached(
                 let mut order: Vec<usize> = query_slices.clone();
                 order.sort_by_key(|&z| (z.abs_diff(nearest(supports, z)), z));
                 let mut last_bbox: HashMap<usize, [usize; 4]> = HashMap::new();
-                for z in order {
+                for (i, &z) in order.iter().enumerate() {
+                    // The next slices to encode are known: encode them together.
+                    if batch > 1 && opts.fov == FovMode::Slice && !feats.has(z) {
+                        let next: Vec<usize> = order[i..].iter().copied().filter(|&q| !feats.has(q)).take(batch).collect();
+                        for (q, f) in next.iter().zip(vol.encode_batch(model, &next, &whole)?) {
+                            feats.ahead.insert(*q, f);
+                        }
+                    }
                     let towards = if z < nearest(supports, z) { z + 1 } else { z.wrapping_sub(1) };
                     let follow = last_bbox.get(&towards).copied().or_else(|| support_bbox(nearest(supports, z)));
-                    let (_, bbox) = score_slice(z, follow, &mut fg)?;
+                    let (_, bbox) = score_slice(z, follow, &mut fg, &mut feats)?;
                     if let Some(b) = bbox {
                         last_bbox.insert(z, b);
                     }
@@ -555,7 +632,7 @@ pub fn segment_cached(
                 // missing (or tiny) for `extent_patience` slices in a row.
                 let mut follow = support_bbox(lo);
                 for z in (lo + 1..hi).filter(|&z| !any_label_slice[z]) {
-                    let (_, bbox) = score_slice(z, follow.or_else(|| support_bbox(nearest(supports, z))), &mut fg)?;
+                    let (_, bbox) = score_slice(z, follow.or_else(|| support_bbox(nearest(supports, z))), &mut fg, &mut feats)?;
                     follow = bbox.or(follow);
                     processed += 1;
                     tick(&mut done, total)?;
@@ -570,7 +647,7 @@ pub fn segment_cached(
                     while z >= 0 && (z as usize) < n_slices && misses < opts.extent_patience {
                         let zu = z as usize;
                         if !any_label_slice[zu] {
-                            let (area, bbox) = score_slice(zu, follow, &mut fg)?;
+                            let (area, bbox) = score_slice(zu, follow, &mut fg, &mut feats)?;
                             follow = bbox.or(follow);
                             processed += 1;
                             visited += 1;
@@ -649,16 +726,6 @@ fn oom(voxels: usize, classes: usize) -> DspnetError {
     ))
 }
 
-/// Get `key` from the cache or compute and store it.
-fn cached(cache: &mut HashMap<usize, Tensor>, key: usize, compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-    if let Some(t) = cache.get(&key) {
-        return Ok(t.clone());
-    }
-    let t = compute()?;
-    cache.insert(key, t.clone());
-    Ok(t)
-}
-
 /// The support slice nearest to `z` (ties: the lower index). `supports` is sorted and non-empty.
 fn nearest(supports: &[usize], z: usize) -> usize {
     let mut best = supports[0];
@@ -685,13 +752,13 @@ mod tests {
     #[test]
     fn fov_window_is_square_in_mm_and_inside_the_slice() {
         let vol = PreparedVolume {
-            normalized: vec![],
+            image: &[],
+            normalizer: Normalizer::fit(&[0.0], &crate::model::config::InputNormalization::Official, Modality::Mri).unwrap(),
             dims: [200, 100, 1],
             axis: 2,
             rows: 100,
             cols: 200,
             pixel_spacing: [2.0, 1.0],
-            pad: 0.0,
             modality: Modality::Mri,
         };
         // A 10x10 pixel structure (20 mm x 10 mm) at rows 5..=14, cols 190..=199.

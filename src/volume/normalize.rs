@@ -33,50 +33,85 @@ pub fn percentile(values: &[f32], q: f64) -> f64 {
     a as f64 + (b as f64 - a as f64) * (pos - lo as f64)
 }
 
-/// Normalise a whole volume in place. Returns the value that padding outside the image should take
-/// (the normalised volume minimum, as the official pipeline pads with the volume's minimum).
+/// The intensity mapping of one volume: parameters fitted on the whole volume, then applied voxel by
+/// voxel, so that slices can be normalised as they are needed instead of keeping a normalised copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Normalizer {
+    kind: Mapping,
+    /// The normalised volume minimum: padding outside the image takes it, as the official pipeline pads.
+    pub pad: f32,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mapping {
+    /// Clamp to `[low, high]`, scale to `[0, 1]`.
+    Window { low: f64, high: f64 },
+    /// The official recipe: CT window to [0, 255] or MRI clip at `top`, then z-score.
+    Official { ct: bool, top: f32, mean: f64, std: f64 },
+}
+
+impl Normalizer {
+    /// Fit the mapping on the whole volume, as the weights' recipe declares it.
+    pub fn fit(voxels: &[f32], norm: &InputNormalization, modality: Modality) -> Result<Self> {
+        if let Some(i) = voxels.iter().position(|v| !v.is_finite()) {
+            return Err(DspnetError::NonFinite(format!("image voxel {i} is {}", voxels[i])));
+        }
+        if voxels.is_empty() {
+            return Err(DspnetError::Shape("the image has no voxel".into()));
+        }
+        let kind = match *norm {
+            InputNormalization::Window { low, high } => {
+                // MRI has no absolute intensity scale: its own 0.5th–99.5th percentile range takes the place
+                // of the window, so air/background lands near 0 and bright tissue near 1, as in the CT window.
+                let (low, high) = match modality {
+                    Modality::Ct => (low, high),
+                    Modality::Mri => {
+                        let (lo, hi) = (percentile(voxels, 0.5), percentile(voxels, 99.5));
+                        if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
+                    }
+                };
+                Mapping::Window { low, high }
+            }
+            InputNormalization::Official => {
+                let ct = modality == Modality::Ct;
+                // MRI is clipped above its 99.5th percentile.
+                let top = if ct { f32::INFINITY } else { percentile(voxels, 99.5) as f32 };
+                let pre = |v: f32| official_pre(v, ct, top);
+                // z-score over the whole volume (population std), in f64.
+                let n = voxels.len() as f64;
+                let mean = voxels.iter().map(|&v| pre(v) as f64).sum::<f64>() / n;
+                let var = voxels.iter().map(|&v| (pre(v) as f64 - mean).powi(2)).sum::<f64>() / n;
+                let std = var.sqrt();
+                let std = if std > 1e-12 { std } else { 1.0 }; // a constant volume stays finite (all zeros)
+                Mapping::Official { ct, top, mean, std }
+            }
+        };
+        let mut n = Normalizer { kind, pad: 0.0 };
+        // The mapping is monotone, so the normalised minimum is the minimum's image.
+        n.pad = n.map(voxels.iter().copied().fold(f32::INFINITY, f32::min));
+        Ok(n)
+    }
+
+    /// The normalised value of one voxel.
+    pub fn map(&self, v: f32) -> f32 {
+        match self.kind {
+            Mapping::Window { low, high } => ((v as f64).clamp(low, high) - low) as f32 / (high - low) as f32,
+            Mapping::Official { ct, top, mean, std } => ((official_pre(v, ct, top) as f64 - mean) / std) as f32,
+        }
+    }
+}
+
+/// The official recipe before its z-score: the HU window [-125, 275] scaled to [0, 255] for CT, the
+/// clip at `top` for MRI.
+fn official_pre(v: f32, ct: bool, top: f32) -> f32 {
+    if ct { (((v as f64).clamp(-125.0, 275.0) + 125.0) * 255.0 / 400.0) as f32 } else { v.min(top) }
+}
+
+/// Normalise a whole volume in place. Returns the value that padding outside the image should take.
 pub fn normalize_volume(voxels: &mut [f32], norm: &InputNormalization, modality: Modality) -> Result<f32> {
-    if let Some(i) = voxels.iter().position(|v| !v.is_finite()) {
-        return Err(DspnetError::NonFinite(format!("image voxel {i} is {}", voxels[i])));
-    }
-    if voxels.is_empty() {
-        return Err(DspnetError::Shape("the image has no voxel".into()));
-    }
-    match *norm {
-        InputNormalization::Window { low, high } => {
-            // MRI has no absolute intensity scale: its own 0.5th–99.5th percentile range takes the place
-            // of the window, so air/background lands near 0 and bright tissue near 1, as in the CT window.
-            let (low, high) = match modality {
-                Modality::Ct => (low, high),
-                Modality::Mri => {
-                    let (lo, hi) = (percentile(voxels, 0.5), percentile(voxels, 99.5));
-                    if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
-                }
-            };
-            for v in voxels.iter_mut() {
-                *v = ((*v as f64).clamp(low, high) - low) as f32 / (high - low) as f32;
-            }
-        }
-        InputNormalization::Official => {
-            match modality {
-                // HU window [-125, 275] scaled to [0, 255].
-                Modality::Ct => voxels.iter_mut().for_each(|v| *v = (((*v as f64).clamp(-125.0, 275.0) + 125.0) * 255.0 / 400.0) as f32),
-                // Clip above the 99.5th percentile.
-                Modality::Mri => {
-                    let top = percentile(voxels, 99.5) as f32;
-                    voxels.iter_mut().for_each(|v| *v = v.min(top));
-                }
-            }
-            // z-score over the whole volume (population std), in f64.
-            let n = voxels.len() as f64;
-            let mean = voxels.iter().map(|&v| v as f64).sum::<f64>() / n;
-            let var = voxels.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-            let std = var.sqrt();
-            let std = if std > 1e-12 { std } else { 1.0 }; // a constant volume stays finite (all zeros)
-            voxels.iter_mut().for_each(|v| *v = ((*v as f64 - mean) / std) as f32);
-        }
-    }
-    Ok(voxels.iter().copied().fold(f32::INFINITY, f32::min))
+    let n = Normalizer::fit(voxels, norm, modality)?;
+    voxels.iter_mut().for_each(|v| *v = n.map(*v));
+    Ok(n.pad)
 }
 
 #[cfg(test)]

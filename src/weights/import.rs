@@ -28,6 +28,8 @@ pub struct ImportOptions {
     pub feature_source: FeatureSource,
     pub input_normalization: InputNormalization,
     pub transpose_slices: bool,
+    /// Extra metadata to store (provenance, licence); architecture keys cannot be overridden.
+    pub metadata: HashMap<String, String>,
 }
 
 /// What an import kept and dropped.
@@ -82,50 +84,65 @@ fn reduce_depth(w: &Tensor, how: DepthReduce) -> Result<Tensor> {
 /// rounding is below that of the bf16 checkpoints this is made for), BatchNorm as f32.
 pub fn import_resnet(input: &Path, output: &Path, opts: &ImportOptions) -> Result<ImportReport> {
     let raw = read_checkpoint(input)?;
-    let (mut named, mut inflated, mut dropped) = (Vec::new(), 0, 0);
-    for t in &raw {
-        let Some(own) = backbone_name(&t.name, opts.feature_source) else {
+    // Integer entries (BatchNorm counters) carry nothing for inference.
+    let (floats, integers): (Vec<_>, Vec<_>) = raw.iter().partition(|t| matches!(t.dtype, PthDtype::F32 | PthDtype::F16 | PthDtype::BF16 | PthDtype::F64));
+    let named = floats.into_iter().map(|t| Ok((t.name.clone(), to_tensor(t)?))).collect::<Result<Vec<_>>>()?;
+    let file = input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let (imported, mut report) = import_tensors(named, opts, &file).map_err(|e| match e {
+        DspnetError::ModelFormat(m) => DspnetError::ModelFormat(format!("{}: {m}", input.display())),
+        other => other,
+    })?;
+    save_safetensors_mixed(output, &report.config, &imported.tensors, &imported.metadata)?;
+    report.dropped += integers.len();
+    Ok(report)
+}
+
+/// An imported model, ready to write: tensors in their storage dtype, and the non-architecture metadata.
+pub struct Imported {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// [`import_resnet`] on named tensors (checkpoint names, any float dtype); `source` names the origin in
+/// the metadata.
+pub fn import_tensors(named: Vec<(String, Tensor)>, opts: &ImportOptions, source: &str) -> Result<(Imported, ImportReport)> {
+    let (mut kept, mut inflated, mut dropped) = (Vec::new(), 0, 0);
+    for (name, t) in named {
+        let Some(own) = backbone_name(&name, opts.feature_source) else {
             dropped += 1;
             continue;
         };
-        let mut v = to_tensor(t)?;
+        let mut v = t.to_dtype(DType::F64)?;
         if v.rank() == 5 {
             v = reduce_depth(&v, opts.depth_reduce)?;
             inflated += 1;
         }
-        named.push((own, v));
+        kept.push((own, v));
     }
-    if named.is_empty() {
-        return Err(DspnetError::ModelFormat(format!("{}: no torchvision ResNet tensor (conv1, bn1, layer1..) in this checkpoint", input.display())));
+    if kept.is_empty() {
+        return Err(DspnetError::ModelFormat("no torchvision ResNet tensor (conv1, bn1, layer1..) in this checkpoint".into()));
     }
     let channels = opts.feature_source.channels();
     let eye = Tensor::eye(channels, DType::F64, &Device::Cpu)?.reshape((channels, channels, 1, 1))?;
-    named.push(("projection.weight".into(), eye));
+    kept.push(("projection.weight".into(), eye));
     // Validate as a model (depth inferred from layer3); the identity projection keeps the stage's features.
-    let mut metadata = HashMap::from([("feature_source".to_string(), opts.feature_source.as_str().to_string()), ("projection_bias".to_string(), "false".to_string())]);
-    let mut config = from_named_tensors(named.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?))).collect::<Result<_>>()?, metadata.clone())?.config;
+    let declared = HashMap::from([("feature_source".to_string(), opts.feature_source.as_str().to_string()), ("projection_bias".to_string(), "false".to_string())]);
+    let mut config = from_named_tensors(kept.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?))).collect::<Result<_>>()?, declared)?.config;
     config.input_normalization = opts.input_normalization.clone();
     config.transpose_slices = opts.transpose_slices;
-    metadata.clear();
-    metadata.insert(
-        "source".into(),
-        format!(
-            "imported from {} ({} kernels reduced from 3D by {}); projection: identity",
-            input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-            inflated,
-            match opts.depth_reduce {
-                DepthReduce::Sum => "summing over depth",
-                DepthReduce::Centre => "taking the centre tap",
-            }
-        ),
-    );
-    let tensors: BTreeMap<String, Tensor> = named
+    let architecture = config.to_metadata();
+    let mut metadata: HashMap<String, String> = opts.metadata.iter().filter(|(k, _)| !architecture.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let how = match opts.depth_reduce {
+        DepthReduce::Sum => "summing over depth",
+        DepthReduce::Centre => "taking the centre tap",
+    };
+    metadata.insert("source".into(), format!("imported from {source} ({inflated} kernels reduced from 3D by {how}); projection: identity"));
+    let tensors: BTreeMap<String, Tensor> = kept
         .into_iter()
         .map(|(n, t)| {
             let half = n.ends_with(".weight") && t.rank() == 4 && n != "projection.weight";
             Ok((n, t.to_dtype(if half { DType::F16 } else { DType::F32 })?))
         })
         .collect::<Result<_>>()?;
-    save_safetensors_mixed(output, &config, &tensors, &metadata)?;
-    Ok(ImportReport { config, inflated, dropped })
+    Ok((Imported { tensors, metadata }, ImportReport { config, inflated, dropped }))
 }

@@ -10,11 +10,17 @@
 #                           Slicer extensions factory has none, so a factory build must use one of the above)
 # None of them: the extension still builds; the binding then needs $DSPNET_LIBRARY or a system libdspnet.
 #
-# FEWSHOT_DEFAULT_WEIGHTS   a .safetensors file bundled as the default model.
+# FEWSHOT_DEFAULT_WEIGHTS   a .safetensors file bundled as the default model (default: the repository's
+#                           weights/dspnet-default.safetensors).
 
 set(FEWSHOT_DSPNET_LIBRARY "" CACHE FILEPATH "Prebuilt libdspnet shared library to bundle with the extension")
 option(FEWSHOT_BUILD_DSPNET "Build libdspnet with cargo from this repository (../cmake) when no prebuilt library is given" ON)
-set(FEWSHOT_DEFAULT_WEIGHTS "" CACHE FILEPATH "Model weights (.safetensors) to bundle as the default model")
+# Default: the repository's shipped model.
+set(_fewshot_shipped_model "${CMAKE_CURRENT_LIST_DIR}/../../weights/dspnet-default.safetensors")
+if(NOT EXISTS "${_fewshot_shipped_model}")
+  set(_fewshot_shipped_model "")
+endif()
+set(FEWSHOT_DEFAULT_WEIGHTS "${_fewshot_shipped_model}" CACHE FILEPATH "Model weights (.safetensors) to bundle as the default model")
 
 set(_fewshot_lib_build_dir "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/FewShotSegmentLib/lib")
 set(_fewshot_lib_install_dir "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/FewShotSegmentLib/lib")

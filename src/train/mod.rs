@@ -191,16 +191,28 @@ impl Trainer {
         losses(&l_seg, &l_reg)
     }
 
-    /// One SGD step on `ep`. An episode whose loss is not finite updates nothing (the reference skips
-    /// faulty episodes) but still counts as a step.
+    /// One SGD step on `ep`. An episode whose loss or gradient is not finite updates nothing (the
+    /// reference skips faulty episodes) but still counts as a step; its loss is reported as NaN. A finite
+    /// loss can have a non-finite gradient (a norm at exactly zero in the cosine scoring): applying it
+    /// would turn every trained weight into NaN.
     pub fn train_step(&mut self, ep: &Episode) -> Result<Losses> {
         let (l_seg, l_reg) = self.forward(ep)?;
-        let values = losses(&l_seg, &l_reg)?;
+        let mut values = losses(&l_seg, &l_reg)?;
         if values.loss.is_finite() {
             let grads = (l_seg + l_reg)?.backward()?;
-            let lr = self.learning_rate();
             let vars: Vec<_> = self.net.vars().into_iter().map(|(_, v)| v).collect();
-            self.sgd.step(&vars, &grads, lr)?;
+            let mut finite = true;
+            for v in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    finite &= g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?.is_finite();
+                }
+            }
+            if finite {
+                let lr = self.learning_rate();
+                self.sgd.step(&vars, &grads, lr)?;
+            } else {
+                values.loss = f32::NAN;
+            }
         }
         self.step += 1;
         Ok(values)

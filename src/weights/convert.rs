@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 
-use super::pth::{read_checkpoint, PthDtype, PthTensor};
+use super::pth::read_checkpoint;
 use super::{from_named_tensors, save_safetensors, CALIBRATION_NAME};
 use crate::model::config::{canonical_name, ModelConfig, FORMAT_VERSION};
 use crate::{DspnetError, Result};
@@ -23,17 +23,6 @@ pub struct ConversionReport {
     pub has_calibration: bool,
     /// The architecture, when the file holds a complete model; otherwise why not.
     pub config: std::result::Result<ModelConfig, String>,
-}
-
-fn to_f32_tensor(t: &PthTensor) -> Result<Tensor> {
-    let dtype = match t.dtype {
-        PthDtype::F32 => DType::F32,
-        PthDtype::F16 => DType::F16,
-        PthDtype::BF16 => DType::BF16,
-        PthDtype::F64 => DType::F64,
-        other => return Err(DspnetError::ModelFormat(format!("tensor '{}' has dtype {other:?}; expected floating point", t.name))),
-    };
-    Ok(Tensor::from_raw_buffer(&t.data, dtype, &t.shape, &Device::Cpu)?.to_dtype(DType::F32)?)
 }
 
 /// Convert `input` (a `torch.save` zip checkpoint, possibly nested under "model"/"state_dict") to
@@ -57,7 +46,7 @@ pub fn convert_checkpoint(input: &Path, output: &Path) -> Result<ConversionRepor
                 if t.name == CALIBRATION_NAME {
                     report.has_calibration = true;
                 }
-                named.push((own, to_f32_tensor(t)?));
+                named.push((own, t.to_float_tensor()?.to_dtype(DType::F32)?));
             }
         }
     }

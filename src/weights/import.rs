@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::pth::{read_checkpoint, PthDtype, PthTensor};
+use super::pth::{read_checkpoint, PthDtype};
 use super::{from_named_tensors, save_safetensors_mixed};
 use crate::model::config::{FeatureSource, InputNormalization, ModelConfig};
 use crate::{DspnetError, Result};
@@ -58,18 +58,6 @@ fn backbone_name(name: &str, feature_source: FeatureSource) -> Option<String> {
     Some(format!("backbone.{n}"))
 }
 
-fn to_tensor(t: &PthTensor) -> Result<Tensor> {
-    let dtype = match t.dtype {
-        PthDtype::F32 => DType::F32,
-        PthDtype::F16 => DType::F16,
-        PthDtype::BF16 => DType::BF16,
-        PthDtype::F64 => DType::F64,
-        other => return Err(DspnetError::ModelFormat(format!("tensor '{}' has dtype {other:?}; expected floating point", t.name))),
-    };
-    // Reduce in f64: a bf16 checkpoint's sums are then exact before the final rounding.
-    Ok(Tensor::from_raw_buffer(&t.data, dtype, &t.shape, &Device::Cpu)?.to_dtype(DType::F64)?)
-}
-
 fn reduce_depth(w: &Tensor, how: DepthReduce) -> Result<Tensor> {
     Ok(match how {
         DepthReduce::Sum => w.sum(2)?,
@@ -86,7 +74,7 @@ pub fn import_resnet(input: &Path, output: &Path, opts: &ImportOptions) -> Resul
     let raw = read_checkpoint(input)?;
     // Integer entries (BatchNorm counters) carry nothing for inference.
     let (floats, integers): (Vec<_>, Vec<_>) = raw.iter().partition(|t| matches!(t.dtype, PthDtype::F32 | PthDtype::F16 | PthDtype::BF16 | PthDtype::F64));
-    let named = floats.into_iter().map(|t| Ok((t.name.clone(), to_tensor(t)?))).collect::<Result<Vec<_>>>()?;
+    let named = floats.into_iter().map(|t| Ok((t.name.clone(), t.to_float_tensor()?))).collect::<Result<Vec<_>>>()?;
     let file = input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (imported, mut report) = import_tensors(named, opts, &file).map_err(|e| match e {
         DspnetError::ModelFormat(m) => DspnetError::ModelFormat(format!("{}: {m}", input.display())),

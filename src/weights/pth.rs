@@ -85,6 +85,19 @@ pub struct PthTensor {
 }
 
 impl PthTensor {
+    /// The values as a CPU tensor of their own floating-point dtype; integer tensors are an error.
+    pub fn to_float_tensor(&self) -> Result<candle_core::Tensor> {
+        use candle_core::DType;
+        let dtype = match self.dtype {
+            PthDtype::F32 => DType::F32,
+            PthDtype::F16 => DType::F16,
+            PthDtype::BF16 => DType::BF16,
+            PthDtype::F64 => DType::F64,
+            other => return Err(DspnetError::ModelFormat(format!("tensor '{}' has dtype {other:?}; expected floating point", self.name))),
+        };
+        Ok(candle_core::Tensor::from_raw_buffer(&self.data, dtype, &self.shape, &candle_core::Device::Cpu)?)
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()

@@ -179,7 +179,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ("train_seed".to_string(), a.seed.to_string()),
         ("train_lr".to_string(), a.lr.to_string()),
     ]);
-    trainer.save_model(&a.output, &meta)?;
+    trainer.save_model(&a.output, &meta, &weights::stored_dtypes(&a.weights)?)?;
     eprintln!("wrote {} after {} steps ({:.1} s)", a.output.display(), trainer.step(), t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -255,10 +255,17 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
             100.0 * p.explained,
             moments.count(),
             total,
-            a.images.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().to_string()).collect::<Vec<_>>().join(", ")
+            a.images.iter().map(|p| short_name(p)).collect::<Vec<_>>().join(", ")
         ),
     );
     weights::save_safetensors_mixed(&a.output, &config, &tensors, &extra)?;
     println!("{}: projection {c0} -> {} fitted on {} feature cells, keeps {:.1}% of the variance", a.output.display(), a.channels, moments.count(), 100.0 * p.explained);
     Ok(())
+}
+
+/// The last two components of a path ("ct-liver/image.nii.gz"): enough to tell scans apart in metadata
+/// without recording the machine's folders.
+fn short_name(p: &std::path::Path) -> String {
+    let parts: Vec<String> = p.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }

@@ -219,25 +219,28 @@ impl Trainer {
     }
 
     /// Write the model: the initial weights with the trained tensors replaced (every other tensor, the
-    /// optional `cls_unit.cal` and the metadata kept), atomically.
-    pub fn save_model(&self, path: &Path, extra_metadata: &HashMap<String, String>) -> Result<()> {
+    /// optional `cls_unit.cal` and the metadata kept), atomically. `stored` gives the dtype each tensor
+    /// had in the initial file (see [`weights::stored_dtypes`]): a half-precision model stays one, and
+    /// untouched tensors round-trip exactly; anything not listed is written as f32.
+    pub fn save_model(&self, path: &Path, extra_metadata: &HashMap<String, String>, stored: &HashMap<String, candle_core::DType>) -> Result<()> {
+        let dtype_of = |name: &str| stored.get(name).copied().unwrap_or(candle_core::DType::F32);
         let mut tensors = BTreeMap::new();
-        let mut shapes = HashMap::new();
         for (name, t) in &self.init.tensors {
-            shapes.insert(name.clone(), t.dims().to_vec());
-            tensors.insert(name.clone(), t.flatten_all()?.to_vec1::<f32>()?);
+            tensors.insert(name.clone(), t.to_dtype(dtype_of(name))?);
         }
         if let Some(cal) = &self.init.calibration {
-            shapes.insert(CALIBRATION_NAME.to_string(), cal.dims().to_vec());
-            tensors.insert(CALIBRATION_NAME.to_string(), cal.flatten_all()?.to_vec1::<f32>()?);
+            tensors.insert(CALIBRATION_NAME.to_string(), cal.clone());
         }
         for (name, shape, values) in self.net.export()? {
-            shapes.insert(name.clone(), shape);
-            tensors.insert(name, values);
+            let t = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype_of(&name))?;
+            tensors.insert(name, t);
         }
         let mut metadata = self.init.metadata.clone();
+        for k in self.init.config.to_metadata().keys() {
+            metadata.remove(k);
+        }
         metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
-        weights::save_safetensors(path, &self.init.config, &tensors, &shapes, &metadata)
+        weights::save_safetensors_mixed(path, &self.init.config, &tensors, &metadata)
     }
 }
 

@@ -124,7 +124,8 @@ pub fn import_tensors(named: Vec<(String, Tensor)>, opts: &ImportOptions, source
         DepthReduce::Sum => "summing over depth",
         DepthReduce::Centre => "taking the centre tap",
     };
-    metadata.insert("source".into(), format!("imported from {source} ({inflated} kernels reduced from 3D by {how}); projection: identity"));
+    metadata.insert("source".into(), format!("imported from {source} ({inflated} kernels reduced from 3D by {how})"));
+    metadata.insert("projection".into(), "identity (not fitted yet: dspnet fit-projection)".into());
     let tensors: BTreeMap<String, Tensor> = kept
         .into_iter()
         .map(|(n, t)| {

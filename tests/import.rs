@@ -138,3 +138,22 @@ fn imported_model_gives_the_stage_features_and_fit_projection_centres_them() {
     let spread = fitted_model.encode(&Tensor::rand(0f32, 1f32, (1, 1, 256, 256), &Device::Cpu).unwrap()).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(sum.iter().all(|m| m.abs() < 1e-2 * spread as f64 + 1e-4), "fitted features are not centred: {sum:?} (typical magnitude {spread})");
 }
+
+/// A backbone trained on transposed slices: the model transposes its input and its features back, so
+/// the pipeline's canvas orientation never changes.
+#[test]
+fn transposed_slices_are_transposed_inside_the_model() {
+    let plain = weights::synthetic_weights(&small_config(), 1).unwrap();
+    let mut transposed = plain.clone();
+    transposed.config.transpose_slices = true;
+    let plain = Model::from_weights(plain, &Device::Cpu).unwrap();
+    let transposed = Model::from_weights(transposed, &Device::Cpu).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (1, 1, 64, 48), &Device::Cpu).unwrap();
+    let expected = plain.encode(&x.transpose(2, 3).unwrap().contiguous().unwrap()).unwrap().transpose(2, 3).unwrap();
+    let got = transposed.encode(&x).unwrap();
+    assert_eq!(got.dims(), &[1, plain.config().feature_channels, 8, 6]);
+    let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0);
+    // And the flag survives a round trip through the file's metadata.
+    assert_eq!(transposed.config().to_metadata()["transpose_slices"], "true");
+}

@@ -198,7 +198,7 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
     let device = dspnet::model::device_from_name(Some(&a.device))?;
     let w = weights::load_safetensors(&a.weights)?;
     let stored = weights::stored_dtypes(&a.weights)?;
-    let model = dspnet::model::Model::from_weights(weights::load_safetensors(&a.weights)?, &device)?;
+    let model = dspnet::model::Model::from_weights(w.clone(), &device)?;
     let mut moments = FeatureMoments::new(w.config.feature_channels);
     let total = a.images.len() * a.slices_per_volume;
     let bar = indicatif::ProgressBar::new(total as u64).with_message("encoding slices");

@@ -160,8 +160,12 @@ impl Trainer {
             }
         }
         let x = Tensor::from_vec([ep.support_image.as_slice(), &ep.query_image].concat(), (2, 1, CANVAS, CANVAS), &self.device)?;
+        // A backbone trained on transposed slices sees them transposed here too, as in Model::encode.
+        let transpose = self.init.config.transpose_slices;
+        let x = if transpose { x.transpose(2, 3)?.contiguous()? } else { x };
         let prefix = self.backbone.forward_prefix(&x, self.net.prefix_blocks())?.to_device(&self.device)?;
         let features = self.net.forward(&prefix)?; // [C, 2, h, w]
+        let features = if transpose { features.transpose(2, 3)?.contiguous()? } else { features };
         let fs = features.narrow(1, 0, 1)?.squeeze(1)?;
         let fq = features.narrow(1, 1, 1)?.squeeze(1)?;
 

@@ -91,7 +91,8 @@ pub fn default_model_path() -> Result<std::path::PathBuf> {
 pub const CALIBRATION_NAME: &str = "cls_unit.cal";
 
 /// A model's weights in memory: f32 CPU tensors under the crate's own names, validated against the
-/// architecture they declare.
+/// architecture they declare. Cloning shares the tensor storage.
+#[derive(Clone)]
 pub struct ModelWeights {
     pub config: ModelConfig,
     pub tensors: HashMap<String, Tensor>,

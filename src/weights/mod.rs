@@ -145,8 +145,11 @@ pub fn load_safetensors(path: &Path) -> Result<ModelWeights> {
 
 /// The dtype each tensor is stored in, by the crate's own name (to keep it when rewriting a file).
 pub fn stored_dtypes(path: &Path) -> Result<HashMap<String, DType>> {
-    let bytes = std::fs::read(path).map_err(|e| DspnetError::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| DspnetError::ModelFormat(format!("{}: invalid safetensors data: {e}", path.display())))?;
+    let file = std::fs::File::open(path).map_err(|e| DspnetError::io(path, e))?;
+    // SAFETY: read-only map used only during this call (as in `load_safetensors`); only the header's
+    // pages are touched, so a large model is not read again just for its dtypes.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DspnetError::io(path, e))?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| DspnetError::ModelFormat(format!("{}: invalid safetensors data: {e}", path.display())))?;
     Ok(st
         .tensors()
         .into_iter()

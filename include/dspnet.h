@@ -172,11 +172,17 @@ typedef uint32_t dspnet_components_t;
 typedef int (*dspnet_progress_fn)(void *user_data, size_t done, size_t total);
 
 /**
+ * How query slices are scored: one of the `DSPNET_PROPAGATION_*` values (a `uint32_t`).
+ */
+typedef uint32_t dspnet_propagation_t;
+
+/**
  * Options of `dspnet_segment()`. Always initialise with `dspnet_segment_options_init()` (which also
  * sets `struct_size`), then change fields: a zero-filled struct is *not* the default (slice_axis 0 is i).
  *
- * ABI evolution: fields are only ever appended. The library reads the fields that exist in the
- * version it was built as, and rejects a `struct_size` smaller than this first version's size.
+ * ABI evolution: fields are only ever appended. The library reads the fields that the caller's
+ * `struct_size` covers (fields beyond it keep their defaults) and rejects a `struct_size` smaller than
+ * the first version's size (up to and including `user_data`).
  */
 typedef struct dspnet_segment_options_t {
     /**
@@ -229,6 +235,11 @@ typedef struct dspnet_segment_options_t {
      * Passed to `progress` untouched; libdspnet never dereferences it.
      */
     void *user_data;
+    /**
+     * How query slices are scored (default `DSPNET_PROPAGATION_MEMORY`). Appended in 0.2: a caller
+     * built against an older header gets the default.
+     */
+    dspnet_propagation_t propagation;
 } dspnet_segment_options_t;
 
 /**
@@ -392,6 +403,19 @@ typedef struct dspnet_segment_summary_t {
  * Keep everything predicted.
  */
 #define DSPNET_COMPONENTS_ALL 1
+
+/**
+ * Follow the structure slice by slice outward from each painted slice, scoring each slice against the
+ * painted slice and the latest accepted predictions; with `DSPNET_EXTENT_AUTO` a presence score ends
+ * the structure where it stops, and slices past its end are never computed. The default.
+ */
+#define DSPNET_PROPAGATION_MEMORY 0
+
+/**
+ * Score every slice on its own against the nearest painted slice (the paper's protocol, and what
+ * libdspnet 0.1 did).
+ */
+#define DSPNET_PROPAGATION_INDEPENDENT 1
 
 #ifdef __cplusplus
 extern "C" {

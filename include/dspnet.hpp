@@ -143,6 +143,8 @@ private:
 enum class Modality : dspnet_modality_t { Auto = DSPNET_MODALITY_AUTO, Ct = DSPNET_MODALITY_CT, Mri = DSPNET_MODALITY_MRI };
 enum class Fov : dspnet_fov_t { Slice = DSPNET_FOV_SLICE, Auto = DSPNET_FOV_AUTO };
 enum class Components : dspnet_components_t { Support = DSPNET_COMPONENTS_SUPPORT, All = DSPNET_COMPONENTS_ALL };
+/// Memory: follow the structure slice by slice (default); Independent: each slice on its own (the paper).
+enum class Propagation : dspnet_propagation_t { Memory = DSPNET_PROPAGATION_MEMORY, Independent = DSPNET_PROPAGATION_INDEPENDENT };
 
 /// Which slices to segment: Extent::automatic(), Extent::all() or Extent::range(first, last).
 struct Extent {
@@ -167,6 +169,7 @@ struct SegmentOptions {
     Extent extent = Extent::automatic();
     Fov fov = Fov::Slice;
     Components components = Components::Support;
+    Propagation propagation = Propagation::Memory;
     /// Label values to segment; empty = every label found in the support.
     std::vector<std::uint16_t> classes;
     /// Called on the calling thread; empty = none.
@@ -231,6 +234,7 @@ public:
         c.extent_last = options.extent.last;
         c.fov = static_cast<dspnet_fov_t>(options.fov);
         c.components = static_cast<dspnet_components_t>(options.components);
+        c.propagation = static_cast<dspnet_propagation_t>(options.propagation);
         c.classes = options.classes.empty() ? nullptr : options.classes.data();
         c.num_classes = options.classes.size();
 

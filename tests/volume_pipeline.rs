@@ -9,7 +9,7 @@ use candle_core::Device;
 use common::*;
 use dspnet::io::{read_image, read_labels, Volume};
 use dspnet::model::Model;
-use dspnet::volume::{segment, segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, SegmentOptions, VolumeRef};
+use dspnet::volume::{segment, segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, MemoryOptions, Propagation, SegmentOptions, VolumeRef};
 use dspnet::DspnetError;
 
 fn model() -> &'static Model {
@@ -133,7 +133,8 @@ fn two_classes(sup: &[u16]) -> Vec<u16> {
 fn batched_encoding_gives_the_labels_of_slice_by_slice() {
     let (img, _, sup) = ct();
     let two = two_classes(&sup.data);
-    let one = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, batch: 1, ..Default::default() };
+    // Batches are for independent propagation, where the query slices are known in advance.
+    let one = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, batch: 1, propagation: Propagation::Independent, ..Default::default() };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 6)] {
         let base = SegmentOptions { extent, ..one.clone() };
         let (reference, summary) = run(&img, &two, &base).unwrap();
@@ -151,15 +152,15 @@ fn batched_encoding_gives_the_labels_of_slice_by_slice() {
 fn dropping_used_features_does_not_change_results() {
     let (img, _, sup) = ct();
     let two = two_classes(&sup.data);
-    for extent in [ExtentMode::Auto, ExtentMode::All] {
-        let opts = SegmentOptions { extent, components: ComponentsMode::All, batch: 2, ..Default::default() };
+    for (extent, propagation) in [(ExtentMode::Auto, Propagation::Independent), (ExtentMode::All, Propagation::Independent), (ExtentMode::Auto, Propagation::Memory)] {
+        let opts = SegmentOptions { extent, components: ComponentsMode::All, batch: 2, propagation, ..Default::default() };
         // `segment` keeps query features only while a later class needs them; a reusable cache keeps all,
         // and a second run on the filled cache encodes nothing.
         let (dropped, _) = run(&img, &two, &opts).unwrap();
         let mut cache = FeatureCache::default();
         for pass in 0..2 {
             let (kept, _) = segment_cached(model(), view(&img), &two, &opts, &mut |_, _| true, &mut cache).unwrap();
-            assert_eq!(kept, dropped, "extent {extent:?}, pass {pass}");
+            assert_eq!(kept, dropped, "extent {extent:?}, {propagation:?}, pass {pass}");
         }
     }
 }
@@ -169,7 +170,13 @@ fn auto_extent_stops_after_patience_misses() {
     let (img, _, sup) = ct();
     // A threshold no prediction can reach makes every outward slice a miss: exactly `patience` slices are
     // scored on each side of the support, and the slices beyond stay empty.
-    let opts = SegmentOptions { extent_patience: 2, extent_min_fraction: 1e9, components: ComponentsMode::All, ..Default::default() };
+    let opts = SegmentOptions {
+        extent_patience: 2,
+        extent_min_fraction: 1e9,
+        components: ComponentsMode::All,
+        propagation: Propagation::Independent,
+        ..Default::default()
+    };
     let (out, summary) = run(&img, &sup.data, &opts).unwrap();
     assert_eq!(summary.slices_processed, 4);
     let plane = 80 * 72;
@@ -225,4 +232,92 @@ fn bad_arguments_are_rejected() {
     let mut nan = img.clone();
     nan.data[5] = f32::NAN;
     assert!(matches!(run(&nan, &sup.data, &o), Err(DspnetError::NonFinite(_))));
+}
+
+/// Memory options that accept nothing: every scored slice is rejected.
+fn rejecting(patience: usize) -> MemoryOptions {
+    MemoryOptions { presence_threshold: 1e9, patience, ..MemoryOptions::default() }
+}
+
+#[test]
+fn memory_chains_stop_where_presence_fails_and_encode_nothing_beyond() {
+    let (img, _, sup) = ct();
+    let plane = 80 * 72;
+    let mut calls = Vec::new();
+    let opts = SegmentOptions { memory: rejecting(2), components: ComponentsMode::All, ..Default::default() };
+    let (out, summary) = segment(model(), view(&img), &sup.data, &opts, &mut |d, t| {
+        calls.push((d, t));
+        true
+    })
+    .unwrap();
+    // Two rejected slices on each side of slice 3, then the chains end: 1, 2, 4, 5 scored, 0 and 6 not.
+    assert_eq!(summary.slices_processed, 4);
+    assert_eq!(calls.last(), Some(&(4, 4)), "the total shrinks to the work done: {calls:?}");
+    // Rejected slices stay empty; the painted slice is the user's.
+    for k in 0..7 {
+        let any = out[k * plane..(k + 1) * plane].iter().any(|&l| l != 0);
+        assert_eq!(any, k == 3, "slice {k}");
+    }
+    assert_eq!(&out[3 * plane..4 * plane], &sup.data[3 * plane..4 * plane]);
+    // Under a fixed extent the same chains score every slice and keep their predictions.
+    let all = SegmentOptions { extent: ExtentMode::All, ..opts.clone() };
+    let (out, summary) = run(&img, &sup.data, &all).unwrap();
+    assert_eq!(summary.slices_processed, 6);
+    assert!((0..7).filter(|&k| k != 3).any(|k| out[k * plane..(k + 1) * plane].iter().any(|&l| l != 0)));
+}
+
+#[test]
+fn memory_without_memory_or_prior_scores_like_independent() {
+    let (img, _, sup) = ct();
+    // No memory slice, no prior, every slice accepted: each slice is scored against the painted slice
+    // alone, which is the independent protocol, value for value.
+    let memory = MemoryOptions { size: 0, prior_gain: 0.0, presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, ..MemoryOptions::default() };
+    for extent in [ExtentMode::All, ExtentMode::Range(1, 5)] {
+        let base = SegmentOptions { extent, components: ComponentsMode::All, memory: memory.clone(), ..Default::default() };
+        let (m, ms) = run(&img, &sup.data, &base).unwrap();
+        let (i, is) = run(&img, &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base.clone() }).unwrap();
+        assert_eq!(m, i, "extent {extent:?}");
+        assert_eq!(ms.slices_processed, is.slices_processed);
+    }
+    // With a memory the scores change.
+    let base = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { size: 3, ..memory }, ..Default::default() };
+    let mut cache = FeatureCache::default();
+    let (m, _) = segment_cached(model(), view(&img), &sup.data, &base, &mut |_, _| true, &mut cache).unwrap();
+    let (i, _) = segment_cached(model(), view(&img), &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base }, &mut |_, _| true, &mut cache).unwrap();
+    assert_ne!(m, i);
+}
+
+#[test]
+fn memory_chains_meet_where_the_nearer_painted_slice_wins() {
+    let (img, gt, _) = ct();
+    let plane = 80 * 72;
+    // Paint slices 1 and 5: slices 0, 2, 3 belong to slice 1's chains (3 is a tie: the lower wins), 4 and
+    // 6 to slice 5's. Each query slice is scored exactly once.
+    let sup: Vec<u16> = gt.data.iter().enumerate().map(|(v, &l)| if [1, 5].contains(&(v / plane)) { l } else { 0 }).collect();
+    assert!(sup[plane..2 * plane].contains(&1) && sup[5 * plane..6 * plane].contains(&1));
+    let opts = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, ..Default::default() };
+    let (out, summary) = run(&img, &sup, &opts).unwrap();
+    assert_eq!(summary.slices_processed, 5);
+    for k in [1, 5] {
+        assert_eq!(&out[k * plane..(k + 1) * plane], &sup[k * plane..(k + 1) * plane], "painted slice {k} is kept");
+    }
+    // Under auto extent a chain that is rejected at once scores one slice per side and painted slice.
+    let stop = SegmentOptions { extent: ExtentMode::Auto, memory: rejecting(1), ..opts };
+    let (_, summary) = run(&img, &sup, &stop).unwrap();
+    assert_eq!(summary.slices_processed, 4, "0, 2 from slice 1; 4, 6 from slice 5");
+}
+
+#[test]
+fn bad_memory_options_are_rejected() {
+    let (img, _, sup) = ct();
+    for memory in [
+        MemoryOptions { patience: 0, ..MemoryOptions::default() },
+        MemoryOptions { painted_weight: 0.0, ..MemoryOptions::default() },
+        MemoryOptions { prior_gain: f32::NAN, ..MemoryOptions::default() },
+        MemoryOptions { prior_radius_mm: 0.0, ..MemoryOptions::default() },
+        MemoryOptions { presence_threshold: f32::NAN, ..MemoryOptions::default() },
+    ] {
+        let e = run(&img, &sup.data, &SegmentOptions { memory: memory.clone(), ..Default::default() }).unwrap_err();
+        assert!(matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"), "{memory:?}: {e}");
+    }
 }

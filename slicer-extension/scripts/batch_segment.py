@@ -42,6 +42,8 @@ def parseArgs(argv):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--axis", default="auto", choices=["auto", "i", "j", "k"], help="slice axis (default auto)")
     p.add_argument("--extent", default="auto", help="auto, all or A:B (slice indices, inclusive)")
+    p.add_argument("--propagation", default="memory", choices=["memory", "independent"],
+                   help="memory: follow the structure slice by slice (default); independent: each slice on its own")
     p.add_argument("--segments", default=None, help="comma-separated segment names (default: all painted)")
     p.add_argument("--library", default=None, help="path of libdspnet (default: DSPNET_LIBRARY, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -131,7 +133,8 @@ def main(argv=None):
 
         result = logic.segment(volume, segmentation, segmentIds=segmentIds,
                                sliceAxis=None if args.axis == "auto" else args.axis, weights=args.weights,
-                               device=args.device, extent=args.extent, progress=progress)
+                               device=args.device, extent=args.extent, propagation=args.propagation,
+                               progress=progress)
         if not args.quiet:
             print(file=sys.stderr)
         writeOutput(scene, args, volume, segmentation)

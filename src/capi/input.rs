@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::error::Failure;
 use super::*;
-use crate::volume::{AxisChoice, ComponentsMode, ExtentMode, FovMode, ModalityChoice, SegmentOptions};
+use crate::volume::{AxisChoice, ComponentsMode, ExtentMode, FovMode, ModalityChoice, Propagation, SegmentOptions};
 use crate::weights;
 use crate::DspnetError;
 
@@ -57,6 +57,7 @@ pub(crate) fn default_options() -> dspnet_segment_options_t {
         num_classes: 0,
         progress: None,
         user_data: std::ptr::null_mut(),
+        propagation: DSPNET_PROPAGATION_MEMORY,
     }
 }
 
@@ -78,15 +79,21 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
     } else {
         // SAFETY: non-null; struct_size is the first field of every version.
         let size = unsafe { std::ptr::addr_of!((*p).struct_size).read() };
-        let v1 = std::mem::size_of::<dspnet_segment_options_t>();
+        // The first version ended with user_data.
+        let v1 = std::mem::offset_of!(dspnet_segment_options_t, propagation);
         if size < v1 {
             return Err(Failure::invalid(format!(
                 "options->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_options_t) in ABI version 1); initialise the options with dspnet_segment_options_init()"
             )));
         }
-        // SAFETY: at least v1 bytes are readable, and every bit pattern is a valid value of each field
-        // (integers, raw pointers, an optional function pointer).
-        unsafe { p.read() }
+        // Fields past the caller's struct_size keep their defaults.
+        let mut o = default_options();
+        let n = size.min(std::mem::size_of::<dspnet_segment_options_t>());
+        // SAFETY: the caller's struct has at least `n` readable bytes; every bit pattern is a valid value
+        // of each field (integers, raw pointers, an optional function pointer), and `o` is a plain
+        // repr(C) struct of at least `n` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(p as *const u8, std::ptr::addr_of_mut!(o) as *mut u8, n) };
+        o
     };
     let axis = match o.slice_axis {
         -1 => AxisChoice::Auto,
@@ -115,6 +122,11 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
         DSPNET_COMPONENTS_ALL => ComponentsMode::All,
         c => return Err(Failure::invalid(format!("options->components is {c}, not a DSPNET_COMPONENTS_* value"))),
     };
+    let propagation = match o.propagation {
+        DSPNET_PROPAGATION_MEMORY => Propagation::Memory,
+        DSPNET_PROPAGATION_INDEPENDENT => Propagation::Independent,
+        v => return Err(Failure::invalid(format!("options->propagation is {v}, not a DSPNET_PROPAGATION_* value"))),
+    };
     let classes = if o.classes.is_null() || o.num_classes == 0 {
         None
     } else {
@@ -122,7 +134,7 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
         Some(unsafe { u16_slice(o.classes, o.num_classes, "options->classes") }?.to_vec())
     };
     Ok(Options {
-        segment: SegmentOptions { axis, modality, extent, fov, components, classes, ..SegmentOptions::default() },
+        segment: SegmentOptions { axis, modality, extent, fov, components, classes, propagation, ..SegmentOptions::default() },
         progress: o.progress,
         user_data: o.user_data,
     })

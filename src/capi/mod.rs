@@ -95,6 +95,16 @@ pub const DSPNET_COMPONENTS_SUPPORT: dspnet_components_t = 0;
 /// Keep everything predicted.
 pub const DSPNET_COMPONENTS_ALL: dspnet_components_t = 1;
 
+/// How query slices are scored: one of the `DSPNET_PROPAGATION_*` values (a `uint32_t`).
+pub type dspnet_propagation_t = u32;
+/// Follow the structure slice by slice outward from each painted slice, scoring each slice against the
+/// painted slice and the latest accepted predictions; with `DSPNET_EXTENT_AUTO` a presence score ends
+/// the structure where it stops, and slices past its end are never computed. The default.
+pub const DSPNET_PROPAGATION_MEMORY: dspnet_propagation_t = 0;
+/// Score every slice on its own against the nearest painted slice (the paper's protocol, and what
+/// libdspnet 0.1 did).
+pub const DSPNET_PROPAGATION_INDEPENDENT: dspnet_propagation_t = 1;
+
 /// A loaded DSPNet model (opaque).
 ///
 /// Created by `dspnet_model_load()`, destroyed by `dspnet_model_free()`. Immutable after loading:
@@ -164,8 +174,9 @@ pub type dspnet_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void
 /// Options of `dspnet_segment()`. Always initialise with `dspnet_segment_options_init()` (which also
 /// sets `struct_size`), then change fields: a zero-filled struct is *not* the default (slice_axis 0 is i).
 ///
-/// ABI evolution: fields are only ever appended. The library reads the fields that exist in the
-/// version it was built as, and rejects a `struct_size` smaller than this first version's size.
+/// ABI evolution: fields are only ever appended. The library reads the fields that the caller's
+/// `struct_size` covers (fields beyond it keep their defaults) and rejects a `struct_size` smaller than
+/// the first version's size (up to and including `user_data`).
 #[repr(C)]
 pub struct dspnet_segment_options_t {
     /// `sizeof(dspnet_segment_options_t)` as the caller was compiled; set by the init function.
@@ -194,6 +205,9 @@ pub struct dspnet_segment_options_t {
     pub progress: dspnet_progress_fn,
     /// Passed to `progress` untouched; libdspnet never dereferences it.
     pub user_data: *mut c_void,
+    /// How query slices are scored (default `DSPNET_PROPAGATION_MEMORY`). Appended in 0.2: a caller
+    /// built against an older header gets the default.
+    pub propagation: dspnet_propagation_t,
 }
 
 /// What a `dspnet_segment_with_summary()` run did. Set `struct_size = sizeof(dspnet_segment_summary_t)`

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, Baseline, ClassScore, Method};
-use dspnet::volume::VolumeRef;
+use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, Baseline, ClassScore, Method};
+use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
 use dspnet::{DspnetError, Result};
 
 use super::segment::{read_pair, ModelArgs};
@@ -58,9 +58,16 @@ pub struct EvalArgs {
     /// one-slice: also write a PNG montage of the prediction.
     #[arg(long)]
     preview: Option<PathBuf>,
+    /// one-slice: score memory propagation, independent propagation and the copy baseline on the same
+    /// painted slices, side by side per class (features are encoded once and shared by all three).
+    #[arg(long, conflicts_with_all = ["method", "preview"])]
+    compare: bool,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if a.compare {
+        return compare(a);
+    }
     let (img, gt) = read_pair(&a.image, &a.labels)?;
     // Loaded only for dspnet: the baselines must run where no model is installed.
     let model;
@@ -112,29 +119,148 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let classes: Vec<_> = scores
             .iter()
             .map(|s| {
-                serde_json::json!({
-                    "label": s.label, "dice": s.dice, "dice_in_extent": s.dice_in_extent,
-                    "support_slices": s.support_slices, "extent": [s.extent.0, s.extent.1],
-                    "slices_processed": s.slices_processed, "seconds": s.seconds,
-                })
+                score_json(s)
             })
             .collect();
         println!("{}", serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean }));
     } else {
         println!("protocol {protocol}, method {}", method.name());
-        println!("{:>6} {:>8} {:>14} {:>10} {:>9} {:>8}", "class", "dice", "dice(extent)", "extent", "slices", "seconds");
+        println!("{:>6} {:>8} {:>14} {:>10} {:>10} {:>9} {:>8}", "class", "dice", "dice(extent)", "extent", "predicted", "slices", "seconds");
         for s in &scores {
             println!(
-                "{:>6} {:>8.4} {:>14.4} {:>10} {:>9} {:>8.1}",
+                "{:>6} {:>8.4} {:>14.4} {:>10} {:>10} {:>9} {:>8.1}",
                 s.label,
                 s.dice,
                 s.dice_in_extent,
                 format!("{}-{}", s.extent.0, s.extent.1),
+                s.predicted_extent.map_or("-".into(), |(a, b)| format!("{a}-{b}")),
                 s.slices_processed,
                 s.seconds
             );
         }
         println!("mean dice {mean:.4}");
     }
+    Ok(())
+}
+
+fn score_json(s: &ClassScore) -> serde_json::Value {
+    serde_json::json!({
+        "label": s.label, "dice": s.dice, "dice_in_extent": s.dice_in_extent,
+        "support_slices": s.support_slices, "extent": [s.extent.0, s.extent.1],
+        "predicted_extent": s.predicted_extent.map(|(a, b)| [a, b]),
+        "extent_error": s.extent_error().map(|(a, b)| [a, b]),
+        "slices_processed": s.slices_processed, "seconds": s.seconds,
+    })
+}
+
+/// Ends (first and last slice) predicted within this many slices of the truth count as found.
+const EXTENT_TOLERANCE: usize = 3;
+
+/// Summary of one method over the classes.
+struct MethodSummary {
+    name: &'static str,
+    mean: f64,
+    median: f64,
+    mean_in_extent: f64,
+    median_in_extent: f64,
+    ends_within: f64,
+    slices: usize,
+    seconds: f64,
+}
+
+fn summarise(name: &'static str, scores: &[ClassScore]) -> MethodSummary {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 { f64::NAN } else if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
+    let n = scores.len().max(1) as f64;
+    let ends = scores.iter().map(|s| s.extent_error().map_or(0, |(a, b)| usize::from(a <= EXTENT_TOLERANCE) + usize::from(b <= EXTENT_TOLERANCE))).sum::<usize>();
+    MethodSummary {
+        name,
+        mean: scores.iter().map(|s| s.dice).sum::<f64>() / n,
+        median: median(scores.iter().map(|s| s.dice).collect()),
+        mean_in_extent: scores.iter().map(|s| s.dice_in_extent).sum::<f64>() / n,
+        median_in_extent: median(scores.iter().map(|s| s.dice_in_extent).collect()),
+        ends_within: ends as f64 / (2.0 * n),
+        slices: scores.iter().map(|s| s.slices_processed).sum(),
+        seconds: scores.iter().map(|s| s.seconds).sum(),
+    }
+}
+
+/// `--compare`: memory, independent and copy on the same painted slices.
+fn compare(a: EvalArgs) -> Result<()> {
+    if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
+        return Err(DspnetError::InvalidArgument("--compare applies to --protocol one-slice only".into()));
+    }
+    let (img, gt) = read_pair(&a.image, &a.labels)?;
+    let model = a.model.load_model()?;
+    let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
+    let base = a.model.options();
+    let mut cache = FeatureCache::default();
+    let memory = SegmentOptions { propagation: Propagation::Memory, ..base.clone() };
+    let independent = SegmentOptions { propagation: Propagation::Independent, ..base.clone() };
+    let runs: Vec<(&'static str, Vec<ClassScore>)> = vec![
+        ("memory", evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &memory, &mut cache)?.0),
+        ("independent", evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &independent, &mut cache)?.0),
+        ("copy", evaluate_one_slice(Method::Naive(Baseline::Copy), q, &gt.data, &base)?.0),
+    ];
+    let summaries: Vec<MethodSummary> = runs.iter().map(|(n, s)| summarise(n, s)).collect();
+    if a.json {
+        let methods: serde_json::Map<String, serde_json::Value> = runs
+            .iter()
+            .zip(&summaries)
+            .map(|((name, scores), m)| {
+                let v = serde_json::json!({
+                    "classes": scores.iter().map(score_json).collect::<Vec<_>>(),
+                    "mean_dice": m.mean, "median_dice": m.median,
+                    "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
+                    "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
+                });
+                (name.to_string(), v)
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "protocol": "one-slice", "compare": methods }));
+        return Ok(());
+    }
+    println!("protocol one-slice; Dice whole volume / inside the true extent; ends: predicted first/last slice minus the true one");
+    print!("{:>6} {:>8} ", "class", "extent");
+    for (name, _) in &runs {
+        print!("| {:^34} ", name);
+    }
+    println!();
+    print!("{:>6} {:>8} ", "", "");
+    for _ in &runs {
+        print!("| {:>6} {:>6} {:>9} {:>5} {:>5} ", "dice", "in-ext", "ends", "slc", "s");
+    }
+    println!();
+    for (i, s0) in runs[0].1.iter().enumerate() {
+        print!("{:>6} {:>8} ", s0.label, format!("{}-{}", s0.extent.0, s0.extent.1));
+        for (_, scores) in &runs {
+            let s = &scores[i];
+            let ends = match s.predicted_extent {
+                Some((p, q)) => format!("{:+},{:+}", p as i64 - s.extent.0 as i64, q as i64 - s.extent.1 as i64),
+                None => "-".into(),
+            };
+            print!("| {:>6.3} {:>6.3} {:>9} {:>5} {:>5.1} ", s.dice, s.dice_in_extent, ends, s.slices_processed, s.seconds);
+        }
+        println!();
+    }
+    println!();
+    println!("{:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>8} {:>8}", "method", "mean", "median", "mean(ext)", "median(ext)", "ends<=3", "slices", "seconds");
+    for m in &summaries {
+        println!(
+            "{:>12} {:>10.4} {:>10.4} {:>12.4} {:>14.4} {:>9.0}% {:>8} {:>8.1}",
+            m.name,
+            m.mean,
+            m.median,
+            m.mean_in_extent,
+            m.median_in_extent,
+            100.0 * m.ends_within,
+            m.slices,
+            m.seconds
+        );
+    }
+    println!("(seconds: features are encoded once and shared, so the first method pays for the encoding of the slices it visits)");
     Ok(())
 }

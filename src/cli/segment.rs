@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use dspnet::io::{read_image, read_labels, write_labels, Volume};
 use dspnet::model::{device_from_name, Model};
-use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, ModalityChoice, SegmentOptions, VolumeRef};
+use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions, VolumeRef};
 use dspnet::{weights, DspnetError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,6 +15,14 @@ pub enum ModalityArg { Auto, Ct, Mri }
 pub enum FovArg { Slice, Auto }
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ComponentsArg { Support, All }
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PropagationArg {
+    /// Follow the structure slice by slice from each painted slice, with a memory of accepted
+    /// predictions; under --extent auto, stop where a presence score says the structure has ended.
+    Memory,
+    /// Match every slice on its own against the nearest painted slice (the paper's protocol).
+    Independent,
+}
 
 /// Options shared by `segment` and `eval`.
 #[derive(Args, Clone)]
@@ -43,6 +51,30 @@ pub struct ModelArgs {
     /// Only these label values, comma separated (default: every label in the support).
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<u16>>,
+    /// How query slices are scored: memory (follow the structure) or independent.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub propagation: PropagationArg,
+    /// Memory: accepted predictions kept besides the painted slice.
+    #[arg(long, default_value_t = MemoryOptions::default().size, help_heading = "Memory propagation")]
+    pub memory_size: usize,
+    /// Memory: weight of the painted slice's scores (each memory slice weighs 1).
+    #[arg(long, default_value_t = MemoryOptions::default().painted_weight, help_heading = "Memory propagation")]
+    pub painted_weight: f32,
+    /// Memory: gain (logits) of the spatial prior around the last accepted mask; 0 = off.
+    #[arg(long, default_value_t = MemoryOptions::default().prior_gain, help_heading = "Memory propagation")]
+    pub prior_gain: f32,
+    /// Memory: distance (mm) from the last accepted mask at which the prior reaches -gain.
+    #[arg(long, default_value_t = MemoryOptions::default().prior_radius_mm, help_heading = "Memory propagation")]
+    pub prior_radius: f64,
+    /// Memory: a slice is accepted when its mean margin reaches this fraction of the painted slice's own.
+    #[arg(long, default_value_t = MemoryOptions::default().presence_threshold, help_heading = "Memory propagation")]
+    pub presence_threshold: f32,
+    /// Memory: ...and its area this fraction of the painted area.
+    #[arg(long, default_value_t = MemoryOptions::default().min_area_fraction, help_heading = "Memory propagation")]
+    pub min_area_fraction: f64,
+    /// Memory, --extent auto: a chain ends after this many rejected slices in a row.
+    #[arg(long, default_value_t = MemoryOptions::default().patience, help_heading = "Memory propagation")]
+    pub patience: usize,
 }
 
 fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
@@ -95,6 +127,19 @@ impl ModelArgs {
                 ComponentsArg::All => ComponentsMode::All,
             },
             classes: self.classes.clone(),
+            propagation: match self.propagation {
+                PropagationArg::Memory => Propagation::Memory,
+                PropagationArg::Independent => Propagation::Independent,
+            },
+            memory: MemoryOptions {
+                size: self.memory_size,
+                painted_weight: self.painted_weight,
+                prior_gain: self.prior_gain,
+                prior_radius_mm: self.prior_radius,
+                presence_threshold: self.presence_threshold,
+                min_area_fraction: self.min_area_fraction,
+                patience: self.patience,
+            },
             ..SegmentOptions::default()
         }
     }

@@ -100,7 +100,16 @@ pub struct ClassScore {
     /// Ground-truth extent along the slice axis (first, last).
     pub extent: (usize, usize),
     pub slices_processed: usize,
+    /// First and last slice along the axis where the prediction has this class (None: nowhere).
+    pub predicted_extent: Option<(usize, usize)>,
     pub seconds: f64,
+}
+
+impl ClassScore {
+    /// How many slices each predicted end lies from the true end (first, last); None without prediction.
+    pub fn extent_error(&self) -> Option<(usize, usize)> {
+        self.predicted_extent.map(|(a, b)| (a.abs_diff(self.extent.0), b.abs_diff(self.extent.1)))
+    }
 }
 
 /// First and last slice along `axis` containing `label`.
@@ -138,6 +147,18 @@ fn classes_of(gt: &[u16], wanted: &Option<Vec<u16>>) -> Result<Vec<u16>> {
 /// segmented with `method` and `opts` (as a user would) and scored. Also returns the predictions, classes
 /// overlaid.
 pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], opts: &SegmentOptions) -> Result<(Vec<ClassScore>, Vec<u16>)> {
+    evaluate_one_slice_cached(method, image, gt, opts, &mut super::FeatureCache::default())
+}
+
+/// [`evaluate_one_slice`] reusing (and filling) `cache`: whole-slice features do not depend on the
+/// class or the propagation, so methods compared on one image encode each slice once.
+pub fn evaluate_one_slice_cached(
+    method: Method<'_>,
+    image: VolumeRef<'_>,
+    gt: &[u16],
+    opts: &SegmentOptions,
+    cache: &mut super::FeatureCache,
+) -> Result<(Vec<ClassScore>, Vec<u16>)> {
     let dims = image.dims;
     let n = super::voxel_count(dims)?;
     if image.data.len() != n || gt.len() != n {
@@ -146,8 +167,6 @@ pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], 
     let axis = fixed_axis(opts.axis)?;
     let mut out = Vec::new();
     let mut overlay = vec![0u16; gt.len()];
-    // Whole-slice features do not depend on the class: encode each slice once for all of them.
-    let mut cache = super::FeatureCache::default();
     for label in classes_of(gt, &opts.classes)? {
         let t0 = Instant::now();
         let (lo, hi) = class_extent(gt, dims, axis, label).expect("class present");
@@ -166,7 +185,7 @@ pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], 
                     }
                 }
                 let o = SegmentOptions { axis: AxisChoice::Fixed(axis), classes: Some(vec![label]), ..opts.clone() };
-                let (pred, summary) = super::segment_cached(model, image, &support, &o, &mut |_, _| true, &mut cache)?;
+                let (pred, summary) = super::segment_cached(model, image, &support, &o, &mut |_, _| true, cache)?;
                 (pred.iter().map(|&p| p == label).collect(), summary.slices_processed)
             }
             Method::Naive(b) => naive_one_slice(b, image, gt, axis, z, label, opts)?,
@@ -178,6 +197,7 @@ pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], 
             }
         }
         let inside = dice((lo..=hi).flat_map(|z| slice_indices(dims, axis, z)).map(|v| (pred[v], gt[v] == label)));
+        let predicted: Vec<usize> = (0..dims[axis]).filter(|&q| slice_indices(dims, axis, q).any(|v| pred[v])).collect();
         out.push(ClassScore {
             label,
             dice: whole,
@@ -185,6 +205,7 @@ pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], 
             support_slices: vec![z],
             extent: (lo, hi),
             slices_processed,
+            predicted_extent: predicted.first().map(|&a| (a, *predicted.last().unwrap())),
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
@@ -283,6 +304,7 @@ pub fn evaluate_alpnet(
             support_slices: chunk_support,
             extent: (lo, hi),
             slices_processed: hi - lo + 1,
+            predicted_extent: None,
             seconds: t0.elapsed().as_secs_f64(),
         });
     }

@@ -77,6 +77,8 @@ following the overwrite mode set in the Masking section; <b>Cancel</b> discards 
 <p><b>Slice axis</b>: Auto takes the axis along which the paint lies on few slices; choosing a view takes the
 axis of that view's normal (oblique views are refused: use "Rotate to volume plane").
 <b>Extent</b>: auto (until the structure vanishes), all slices, or a range of slice indices.
+<b>Propagation</b>: Follow (default) tracks the structure slice by slice from each painted slice and stops
+where it ends; Independent matches every slice on its own against the nearest painted slice.
 Weights and device defaults are set in the Few-Shot Segment module.</html>"""
 
     # -- options ------------------------------------------------------------------------------
@@ -103,6 +105,14 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         extentLayout.addWidget(qt.QLabel("to"))
         extentLayout.addWidget(self.extentLastSpinBox)
         self.scriptedEffect.addLabeledOptionsWidget("Extent:", extentLayout)
+
+        self.propagationComboBox = qt.QComboBox()
+        self.propagationComboBox.addItem("Follow the structure (memory)", "memory")
+        self.propagationComboBox.addItem("Each slice independently", "independent")
+        self.propagationComboBox.setToolTip("Follow: slice by slice from each painted slice, each slice matched against "
+                                            "the painted slice and the latest results, stopping where the structure "
+                                            "ends. Independent: every slice matched on its own (the paper's protocol).")
+        self.scriptedEffect.addLabeledOptionsWidget("Propagation:", self.propagationComboBox)
 
         self.deviceComboBox = qt.QComboBox()
         for label, value in (("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")):
@@ -137,6 +147,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.extentComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.extentFirstSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
         self.extentLastSpinBox.connect("valueChanged(int)", self.updateMRMLFromGUI)
+        self.propagationComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.deviceComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
         self.weightsPathLineEdit.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
 
@@ -160,6 +171,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.scriptedEffect.setParameterDefault("Extent", "auto")
         self.scriptedEffect.setParameterDefault("ExtentFirst", "0")
         self.scriptedEffect.setParameterDefault("ExtentLast", "0")
+        self.scriptedEffect.setParameterDefault("Propagation", "memory")
         device = slicer.app.userSettings().value(SETTINGS_DEVICE_KEY, "auto") or "auto"
         self.scriptedEffect.setParameterDefault("Device", device)
         self.scriptedEffect.setParameterDefault("Weights", "")
@@ -167,8 +179,8 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
     def updateGUIFromMRML(self):
         AbstractScriptedSegmentEditorAutoCompleteEffect.updateGUIFromMRML(self)
         self._fillSliceViews()
-        widgets = [self.extentComboBox, self.extentFirstSpinBox, self.extentLastSpinBox, self.deviceComboBox,
-                   self.weightsPathLineEdit]
+        widgets = [self.extentComboBox, self.extentFirstSpinBox, self.extentLastSpinBox, self.propagationComboBox,
+                   self.deviceComboBox, self.weightsPathLineEdit]
         blocked = [w.blockSignals(True) for w in widgets]
         extent = self.scriptedEffect.parameter("Extent")
         self.extentComboBox.setCurrentIndex(max(0, self.extentComboBox.findData(extent)))
@@ -176,6 +188,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.extentLastSpinBox.value = self.scriptedEffect.integerParameter("ExtentLast")
         self.extentFirstSpinBox.setEnabled(extent == "range")
         self.extentLastSpinBox.setEnabled(extent == "range")
+        self.propagationComboBox.setCurrentIndex(max(0, self.propagationComboBox.findData(self._propagation())))
         self.deviceComboBox.setCurrentIndex(max(0, self.deviceComboBox.findData(self.scriptedEffect.parameter("Device"))))
         self.weightsPathLineEdit.currentPath = self.scriptedEffect.parameter("Weights")
         for w, b in zip(widgets, blocked):
@@ -194,6 +207,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.scriptedEffect.setParameter("ExtentLast", self.extentLastSpinBox.value)
         self.extentFirstSpinBox.setEnabled(extent == "range")
         self.extentLastSpinBox.setEnabled(extent == "range")
+        self.scriptedEffect.setParameter("Propagation", self.propagationComboBox.currentData or "memory")
         self.scriptedEffect.setParameter("Device", self.deviceComboBox.currentData or "auto")
         self.scriptedEffect.setParameter("Weights", self.weightsPathLineEdit.currentPath)
 
@@ -213,6 +227,10 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
                 raise ValueError(f"the slice range {first} to {last} is empty: the last slice must not precede the first")
             return (first, last)
         return extent if extent in ("auto", "all") else "auto"
+
+    def _propagation(self):
+        value = self.scriptedEffect.parameter("Propagation") if self.scriptedEffect.parameterDefined("Propagation") else ""
+        return value if value in ("memory", "independent") else "memory"
 
     def _sliceAxis(self, volumeNode):
         view = self.scriptedEffect.parameter("SliceView")
@@ -252,7 +270,8 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             logic.library()  # a missing library is reported here, before any work
             with slicer.util.WaitCursor():
                 job = logic.prepareJob(volumeNode, segmentationNode, segmentIds,
-                                       sliceAxis=self._sliceAxis(volumeNode), extent=self._extent())
+                                       sliceAxis=self._sliceAxis(volumeNode), extent=self._extent(),
+                                       propagation=self._propagation())
             weights = self.scriptedEffect.parameter("Weights") or None
             device = self.scriptedEffect.parameter("Device") or "auto"
             self.task = SegmentationTask(logic, job, weights=weights, device=device).start()

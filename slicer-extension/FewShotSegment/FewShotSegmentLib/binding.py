@@ -76,6 +76,7 @@ MODALITY = {"auto": 0, "ct": 1, "mri": 2}
 EXTENT_AUTO, EXTENT_ALL, EXTENT_RANGE = 0, 1, 2
 FOV = {"slice": 0, "auto": 1}
 COMPONENTS = {"support": 0, "all": 1}
+PROPAGATION = {"memory": 0, "independent": 1}
 _AXES = {"i": 0, "j": 1, "k": 2}
 
 
@@ -201,6 +202,8 @@ class dspnet_segment_options_t(ctypes.Structure):
         ("num_classes", ctypes.c_size_t),
         ("progress", PROGRESS_FN),
         ("user_data", ctypes.c_void_p),
+        # Appended in 0.2; an older library reads only the fields its own struct_size covers.
+        ("propagation", ctypes.c_uint32),
     ]
 
 
@@ -501,7 +504,7 @@ def parse_extent(extent):
 
 def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
             fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
-            index_order="kji"):
+            index_order="kji", propagation="memory"):
     """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
 
     - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
@@ -511,6 +514,8 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     - ``spacing_ijk``: voxel size along i, j, k in mm (``volumeNode.GetSpacing()``, not reversed).
     - ``slice_axis``: None/"auto", 0/"i", 1/"j", 2/"k" (IJK axes, whatever ``index_order``).
     - ``extent``: "auto", "all", "A:B" or (A, B), inclusive slice indices along the slice axis.
+    - ``propagation``: "memory" (follow the structure slice by slice; with extent "auto" it stops where
+      the structure ends) or "independent" (each slice on its own, the paper's protocol).
     - ``progress(done, total)``: called on this thread before any work and after each slice; if it
       raises, the run is cancelled and the exception re-raised.
     - ``cancel``: a ``threading.Event`` or a callable returning True to cancel (checked at each slice);
@@ -559,6 +564,7 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
         opts.modality = MODALITY[str(modality).lower()]
         opts.fov = FOV[fov]
         opts.components = COMPONENTS[components]
+        opts.propagation = PROPAGATION[propagation]
     except KeyError as e:
         raise InvalidArgumentError(f"unknown option value {e}", status=DSPNET_ERROR_INVALID_ARGUMENT) from None
     opts.extent, opts.extent_first, opts.extent_last = parse_extent(extent)

@@ -192,6 +192,7 @@ class SegmentationJob:
     modality: str = "auto"
     fov: str = "slice"
     components: str = "support"
+    propagation: str = "memory"  # "memory" (follow the structure) or "independent"
     labels: np.ndarray = None    # result, [k, j, i] uint16
     summary: object = None
     overlapVoxels: int = 0       # voxels painted in more than one input segment (the later one wins)
@@ -297,7 +298,7 @@ class FewShotSegmentLogic:
         return result
 
     def prepareJob(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, extent="auto",
-                   modality="auto", fov="slice", components="support"):
+                   modality="auto", fov="slice", components="support", propagation="memory"):
         """Read the volume and the painted segments into a :class:`SegmentationJob` (main thread)."""
         import slicer
         if volumeNode is None or segmentationNode is None:
@@ -350,7 +351,7 @@ class FewShotSegmentLogic:
             volumeNodeId=volumeNode.GetID(), segmentationNodeId=segmentationNode.GetID(),
             segmentIds=segmentIds, segmentNames=names, image=image, support=support, spacing=spacing,
             sliceAxis=axis, extent=extent, modality=modality, fov=fov, components=components,
-            overlapVoxels=overlap, keepAlive=[volumeNode.GetImageData()])
+            propagation=propagation, overlapVoxels=overlap, keepAlive=[volumeNode.GetImageData()])
 
     @staticmethod
     def resolveSliceAxis(sliceAxis, volumeNode=None):
@@ -377,7 +378,8 @@ class FewShotSegmentLogic:
         model = self.getModel(weights, device)
         labels, summary = binding.segment(
             model, job.image, job.support, job.spacing, slice_axis=job.sliceAxis, extent=job.extent,
-            modality=job.modality, fov=job.fov, components=job.components, progress=progress, cancel=cancel)
+            modality=job.modality, fov=job.fov, components=job.components, propagation=job.propagation,
+            progress=progress, cancel=cancel)
         job.labels = labels
         job.summary = summary
         return job
@@ -435,7 +437,7 @@ class FewShotSegmentLogic:
 
     def segment(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, weights=None,
                 device="auto", extent="auto", progress=None, cancel=None, modality="auto", fov="slice",
-                components="support"):
+                components="support", propagation="memory"):
         """Propagate the painted segments through the volume and write the result into the same segments.
 
         - ``segmentIds``: the segments to propagate (default: every non-empty segment). Each must be
@@ -444,11 +446,14 @@ class FewShotSegmentLogic:
           "i"/"j"/"k", or a ``vtkMRMLSliceNode`` whose normal is mapped into the volume's IJK axes.
         - ``weights``: a .safetensors file, or None for the default model. ``device``: "auto", "cpu", "cuda".
         - ``extent``: "auto", "all", "A:B" or (A, B) (slice indices along the slice axis, inclusive).
+        - ``propagation``: "memory" (default: follow the structure slice by slice from each painted slice;
+          with extent "auto" it stops where the structure ends) or "independent" (each slice on its own).
         - ``progress(done, total)``: called after each slice; ``cancel``: Event or callable -> True to stop.
 
         Returns a :class:`SegmentResult` (segments written, slices processed, seconds)."""
         t0 = time.perf_counter()
-        job = self.prepareJob(volumeNode, segmentationNode, segmentIds, sliceAxis, extent, modality, fov, components)
+        job = self.prepareJob(volumeNode, segmentationNode, segmentIds, sliceAxis, extent, modality, fov, components,
+                              propagation)
         self.runJob(job, weights=weights, device=device, progress=progress, cancel=cancel)
         result = self.writeJobResult(job, volumeNode, segmentationNode)
         if not result.seconds:

@@ -1,0 +1,181 @@
+//! What a caller can ask of [`segment`](super::segment), and what it reports back.
+
+use std::collections::BTreeMap;
+
+use super::normalize::Modality;
+use crate::model::prototypes::HeadOptions;
+
+/// A borrowed image volume: voxel (i, j, k) at `data[i + dims[0]*(j + dims[1]*k)]`, spacing in mm.
+#[derive(Clone, Copy, Debug)]
+pub struct VolumeRef<'a> {
+    pub data: &'a [f32],
+    pub dims: [usize; 3],
+    pub spacing: [f64; 3],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AxisChoice {
+    /// The only axis along which the labels lie on few slices.
+    Auto,
+    /// 0 = i, 1 = j, 2 = k.
+    Fixed(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModalityChoice {
+    Auto,
+    Ct,
+    Mri,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentMode {
+    /// Propagate outward from the support slices; stop when the structure has vanished.
+    Auto,
+    /// Every slice.
+    All,
+    /// Slices `first..=last` (support slices are always kept).
+    Range(usize, usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FovMode {
+    /// The whole slice fitted into the model input (the paper's setting).
+    Slice,
+    /// A square window around the structure, following it from slice to slice.
+    Auto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComponentsMode {
+    /// Keep only the 3D connected parts of each class that touch its support voxels.
+    Support,
+    /// Keep everything predicted.
+    All,
+}
+
+/// How a class's query slices are scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// Every query slice against the nearest painted slice, each on its own (the paper's protocol).
+    Independent,
+    /// Slice by slice outward from each painted slice, each slice against the painted slice and the
+    /// latest accepted predictions, stopping where a presence score says the structure has ended.
+    Memory,
+}
+
+/// Settings of [`Propagation::Memory`]; `Default` gives the measured defaults (model card).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryOptions {
+    /// Accepted predictions kept in memory besides the painted slice (the most recent ones).
+    pub size: usize,
+    /// Weight of the painted slice's scores; each memory slice weighs 1.
+    pub painted_weight: f32,
+    /// Gain (logit units) of the spatial prior from the last accepted mask: +gain inside it, falling
+    /// linearly to −gain at `prior_radius_mm` from it and beyond. 0 turns the prior off.
+    pub prior_gain: f32,
+    pub prior_radius_mm: f64,
+    /// A slice is accepted when its presence score reaches this: the mean foreground margin over the
+    /// predicted pixels, as a fraction of the painted slice's own margin over its painted pixels.
+    pub presence_threshold: f32,
+    /// ...and when its foreground area is at least this fraction of the painted area.
+    pub min_area_fraction: f64,
+    /// Auto extent: a chain stops after this many rejected slices in a row (they stay empty).
+    pub patience: usize,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions {
+            size: 3,
+            painted_weight: 1.0,
+            prior_gain: 0.0,
+            prior_radius_mm: 10.0,
+            presence_threshold: 0.3,
+            min_area_fraction: 0.02,
+            patience: 1,
+        }
+    }
+}
+
+impl MemoryOptions {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let bad = |what: &str| Err(crate::DspnetError::InvalidArgument(format!("memory propagation: {what}")));
+        if !(self.painted_weight.is_finite() && self.painted_weight > 0.0) {
+            return bad("the painted slice's weight must be finite and positive");
+        }
+        if !(self.prior_gain.is_finite() && self.prior_gain >= 0.0) || !(self.prior_radius_mm.is_finite() && self.prior_radius_mm > 0.0) {
+            return bad("the prior gain must be finite and non-negative, its radius finite and positive");
+        }
+        if !self.presence_threshold.is_finite() || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0) {
+            return bad("the presence threshold and the minimum area fraction must be finite");
+        }
+        if self.patience == 0 {
+            return bad("patience must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Options of [`segment`](super::segment); `Default` gives the recommended settings.
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    pub axis: AxisChoice,
+    pub modality: ModalityChoice,
+    pub extent: ExtentMode,
+    pub fov: FovMode,
+    pub components: ComponentsMode,
+    /// Restrict to these label values (None = every label found in the support).
+    pub classes: Option<Vec<u16>>,
+    pub head: HeadOptions,
+    pub propagation: Propagation,
+    pub memory: MemoryOptions,
+    /// Independent propagation, auto extent: stop after this many consecutive slices without the structure.
+    pub extent_patience: usize,
+    /// Independent propagation, auto extent: a slice counts as "without the structure" below this fraction of the support area.
+    pub extent_min_fraction: f64,
+    /// Slices per backbone call where the slices to encode are known in advance (extent all or a range,
+    /// whole-slice field of view); 0 = from the device and the activation memory budget.
+    pub batch: usize,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            axis: AxisChoice::Auto,
+            modality: ModalityChoice::Auto,
+            extent: ExtentMode::Auto,
+            fov: FovMode::Slice,
+            components: ComponentsMode::Support,
+            classes: None,
+            head: HeadOptions::default(),
+            propagation: Propagation::Memory,
+            memory: MemoryOptions::default(),
+            extent_patience: 3,
+            extent_min_fraction: 0.05,
+            batch: 0,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentSummary {
+    pub axis: usize,
+    pub modality: Modality,
+    pub classes: Vec<u16>,
+    /// Support slice indices per class.
+    pub support_slices: BTreeMap<u16, Vec<usize>>,
+    /// Query slices scored (over all classes; a slice scored for two classes counts twice).
+    pub slices_processed: usize,
+    /// Output voxels per class.
+    pub voxels_per_class: BTreeMap<u16, usize>,
+    /// Memory propagation: per class, every scored slice with its presence score (the fraction of the
+    /// painted slice's own margin; accepted at `MemoryOptions::presence_threshold` and above), in the
+    /// order scored. Empty under independent propagation.
+    pub presence: BTreeMap<u16, Vec<(usize, f32)>>,
+    pub seconds: f64,
+}
+
+/// Progress callback: (done, total) → keep going? Returning false cancels the run.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize) -> bool;

@@ -1,0 +1,295 @@
+//! `memory` propagation: follow the structure slice by slice.
+//!
+//! From every painted slice, two chains run outward (down and up) through the slices nearer to that
+//! painted slice than to any other of its class. Each query slice is scored against the painted slice and
+//! a memory of the most recently accepted predictions of its chain; their logits are averaged (painted
+//! slice weighted by `painted_weight`, each memory slice by 1), optionally with a spatial prior around
+//! the last accepted mask. A presence score (the mean margin of the new prediction relative to the
+//! painted slice's own) decides whether the slice is accepted: accepted slices are written and join the
+//! memory; rejected slices stay empty, and under `--extent auto` the chain ends after `patience` of them
+//! in a row, so slices past the structure's end are never encoded.
+
+use std::collections::VecDeque;
+
+use candle_core::Tensor;
+
+use super::cache::{FeatureCache, SliceFeatures};
+use super::options::{ExtentMode, FovMode, MemoryOptions};
+use super::prepared::{bounding_box, SliceLogits};
+use super::slicing::{slice_indices, CanvasFrame};
+use super::{nearest, ClassOutcome, ClassPass, Ticker};
+use crate::model::prototypes::{HeadOptions, SupportEpisode};
+use crate::{DspnetError, Result};
+
+/// Score the class's query slices into `fg` (see [`ClassOutcome`]).
+pub fn segment_class(pass: &ClassPass<'_, '_>, mut fg: Vec<f32>, cache: &mut FeatureCache, keep_queries: bool, ticker: &mut Ticker<'_>) -> Result<ClassOutcome> {
+    let mut feats = SliceFeatures::new(cache, keep_queries);
+    let mut presence = Vec::new();
+    let allowed: Vec<bool> = {
+        let mut a = vec![false; pass.vol.slices()];
+        for &z in pass.query_slices {
+            a[z] = true;
+        }
+        a
+    };
+    for &s in pass.painted {
+        let anchor = Anchor::new(pass, s, &mut feats)?;
+        for dir in [-1i64, 1] {
+            follow_chain(pass, &anchor, dir, &allowed, &mut feats, &mut fg, ticker, &mut presence)?;
+        }
+    }
+    // Slices the chains stopped before are no longer part of the work.
+    let scored = presence.len();
+    ticker.skip(pass.query_slices.len() - scored)?;
+    Ok(ClassOutcome { fg, scored, presence })
+}
+
+/// A painted slice: its episode, the window it was encoded in, and its own margin (the presence scale).
+struct Anchor {
+    slice: usize,
+    episode: SupportEpisode,
+    window: Option<[f64; 4]>,
+    mask: Vec<bool>,
+    area: usize,
+    self_margin: f32,
+}
+
+impl Anchor {
+    fn new(pass: &ClassPass<'_, '_>, s: usize, feats: &mut SliceFeatures<'_>) -> Result<Self> {
+        let vol = pass.vol;
+        let mask = pass.painted_mask(s);
+        let window = match pass.opts.fov {
+            FovMode::Slice => None,
+            FovMode::Auto => bounding_box(mask.iter().copied(), vol.cols).and_then(|b| vol.fov_window(b, 1.0)),
+        };
+        let frame = vol.frame(window)?;
+        let features = slice_features(pass, feats, s, window, &frame, false)?;
+        let episode = vol.episode(&features, pass.support, s, pass.label, &frame, &pass.opts.head)?;
+        let own = vol.score(&episode, &features, &frame)?;
+        let area = mask.iter().filter(|&&m| m).count();
+        let margin_sum: f32 = mask.iter().zip(own.fg.iter().zip(&own.bg)).filter(|(&m, _)| m).map(|(_, (f, b))| f - b).sum();
+        let self_margin = margin_sum / area.max(1) as f32;
+        // A painted slice the model cannot even recognise itself: fall back to one logit unit as the scale.
+        let self_margin = if self_margin.is_finite() && self_margin > 0.0 { self_margin } else { 1.0 };
+        Ok(Anchor { slice: s, episode, window, mask, area, self_margin })
+    }
+}
+
+/// Features of slice `z`: whole slices through the cache, windows encoded on the spot.
+fn slice_features(pass: &ClassPass<'_, '_>, feats: &mut SliceFeatures<'_>, z: usize, window: Option<[f64; 4]>, frame: &CanvasFrame, is_query: bool) -> Result<Tensor> {
+    match window {
+        None => feats.get(z, is_query, || pass.vol.encode(pass.model, z, frame)),
+        Some(_) => pass.vol.encode(pass.model, z, frame),
+    }
+}
+
+/// Run one chain from `anchor` in direction `dir`, appending (slice, presence) of each scored slice.
+#[allow(clippy::too_many_arguments)]
+fn follow_chain(
+    pass: &ClassPass<'_, '_>,
+    anchor: &Anchor,
+    dir: i64,
+    allowed: &[bool],
+    feats: &mut SliceFeatures<'_>,
+    fg: &mut [f32],
+    ticker: &mut Ticker<'_>,
+    trace: &mut Vec<(usize, f32)>,
+) -> Result<()> {
+    let vol = pass.vol;
+    let mo = &pass.opts.memory;
+    let stops = pass.opts.extent == ExtentMode::Auto;
+    let min_area = ((anchor.area as f64 * mo.min_area_fraction).ceil() as usize).max(1);
+    let mut memory: VecDeque<SupportEpisode> = VecDeque::with_capacity(mo.size + 1);
+    let mut last_mask = anchor.mask.clone();
+    let mut misses = 0usize;
+    let mut z = anchor.slice as i64 + dir;
+    while z >= 0 && (z as usize) < vol.slices() {
+        let zu = z as usize;
+        z += dir;
+        // Nearer another painted slice of this class: that slice's chain owns it (ties: the lower one).
+        if nearest(pass.painted, zu) != anchor.slice {
+            break;
+        }
+        if !allowed[zu] {
+            continue;
+        }
+        // Same window size as the painted slice's (same scale), centred on the last accepted mask.
+        let window = anchor.window.map(|w| match bounding_box(last_mask.iter().copied(), vol.cols) {
+            Some(b) => vol.window_centred_on(b, w),
+            None => w,
+        });
+        let frame = vol.frame(window)?;
+        let features = slice_features(pass, feats, zu, window, &frame, true)?;
+        let step = score_with_memory(pass, anchor, &memory, &features, &frame, &last_mask, mo)?;
+
+        ticker.tick()?;
+        let presence = step.presence / anchor.self_margin;
+        trace.push((zu, presence));
+        let accepted = step.area >= min_area && presence >= mo.presence_threshold;
+        // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
+        if accepted || !stops {
+            for ((v, &on), &score) in slice_indices(vol.dims, vol.axis, zu).zip(&step.mask).zip(&step.fg) {
+                if on {
+                    fg[v] = score;
+                }
+            }
+        }
+        if accepted {
+            misses = 0;
+            if mo.size > 0 {
+                let r = memory_episode(pass, &features, &step.mask, &frame, &pass.opts.head);
+                match r {
+                    Ok(e) => {
+                        if memory.len() == mo.size {
+                            memory.pop_front();
+                        }
+                        memory.push_back(e);
+                    }
+                    // Too small to be seen at the model's resolution: keep the memory as it is.
+                    Err(DspnetError::EmptySupport(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            last_mask = step.mask;
+        } else {
+            misses += 1;
+            if stops && misses >= mo.patience {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One query slice scored against the painted slice and the memory.
+struct Step {
+    /// Predicted foreground, row-major over the slice.
+    mask: Vec<bool>,
+    /// Combined foreground logit per pixel (what classes are merged by).
+    fg: Vec<f32>,
+    area: usize,
+    /// Mean combined margin (without the prior) over the predicted pixels.
+    presence: f32,
+}
+
+fn score_with_memory(
+    pass: &ClassPass<'_, '_>,
+    anchor: &Anchor,
+    memory: &VecDeque<SupportEpisode>,
+    features: &Tensor,
+    frame: &CanvasFrame,
+    last_mask: &[bool],
+    mo: &MemoryOptions,
+) -> Result<Step> {
+    let vol = pass.vol;
+    let mut parts = vec![(&anchor.episode, mo.painted_weight)];
+    parts.extend(memory.iter().map(|e| (e, 1.0)));
+    let SliceLogits { fg, bg } = vol.score_mean(&parts, features, frame)?;
+    let prior = (mo.prior_gain > 0.0).then(|| {
+        let d = distance_mm(last_mask, vol.rows, vol.cols, vol.pixel_spacing);
+        let r = mo.prior_radius_mm as f32;
+        d.into_iter().map(|d| mo.prior_gain * (1.0 - 2.0 * (d / r).min(1.0))).collect::<Vec<f32>>()
+    });
+    let mut mask = Vec::with_capacity(fg.len());
+    let (mut area, mut margin_sum) = (0usize, 0f32);
+    for (p, (f, b)) in fg.iter().zip(&bg).enumerate() {
+        let margin = f - b;
+        let on = margin + prior.as_ref().map_or(0.0, |pr| pr[p]) > 0.0;
+        if on {
+            area += 1;
+            margin_sum += margin;
+        }
+        mask.push(on);
+    }
+    let presence = if area > 0 { margin_sum / area as f32 } else { f32::NEG_INFINITY };
+    Ok(Step { mask, fg, area, presence })
+}
+
+/// The episode of an accepted prediction, on the features it was predicted from.
+fn memory_episode(pass: &ClassPass<'_, '_>, features: &Tensor, mask: &[bool], frame: &CanvasFrame, head: &HeadOptions) -> Result<SupportEpisode> {
+    let vol = pass.vol;
+    let m: Vec<u8> = mask.iter().map(|&b| u8::from(b)).collect();
+    let canvas_mask = frame.mask_to_canvas(&m, vol.rows, vol.cols);
+    SupportEpisode::new(features, &canvas_mask, super::CANVAS, super::CANVAS, head)
+}
+
+/// Euclidean distance (mm) of every pixel of a rows x cols slice to the nearest `true` pixel; +∞ when
+/// there is none. Exact, separable (Felzenszwalb & Huttenlocher's lower envelope of parabolas).
+pub fn distance_mm(mask: &[bool], rows: usize, cols: usize, spacing: [f64; 2]) -> Vec<f32> {
+    const FAR: f64 = 1e20;
+    let mut d2: Vec<f64> = mask.iter().map(|&m| if m { 0.0 } else { FAR }).collect();
+    let mut line = Vec::new();
+    // Along rows (column index varies), then along columns.
+    for r in 0..rows {
+        line.clear();
+        line.extend_from_slice(&d2[r * cols..(r + 1) * cols]);
+        let out = envelope(&line, spacing[1]);
+        d2[r * cols..(r + 1) * cols].copy_from_slice(&out);
+    }
+    for c in 0..cols {
+        line.clear();
+        line.extend((0..rows).map(|r| d2[r * cols + c]));
+        for (r, v) in envelope(&line, spacing[0]).into_iter().enumerate() {
+            d2[r * cols + c] = v;
+        }
+    }
+    d2.into_iter().map(|v| if v >= FAR / 2.0 { f32::INFINITY } else { v.sqrt() as f32 }).collect()
+}
+
+/// 1D squared distance transform of `f` (squared distances, FAR = none) with sample spacing `h`.
+fn envelope(f: &[f64], h: f64) -> Vec<f64> {
+    let n = f.len();
+    let pos = |q: usize| q as f64 * h;
+    let mut v = vec![0usize; n];
+    let mut zb = vec![0f64; n + 1];
+    let mut k = 0usize;
+    zb[0] = f64::NEG_INFINITY;
+    zb[1] = f64::INFINITY;
+    let cross = |q: usize, p: usize| ((f[q] + pos(q) * pos(q)) - (f[p] + pos(p) * pos(p))) / (2.0 * (pos(q) - pos(p)));
+    for q in 1..n {
+        let mut s = cross(q, v[k]);
+        // zb[0] is −∞, so this ends at k = 0 at the latest.
+        while s <= zb[k] {
+            k -= 1;
+            s = cross(q, v[k]);
+        }
+        k += 1;
+        v[k] = q;
+        zb[k] = s;
+        zb[k + 1] = f64::INFINITY;
+    }
+    let mut out = vec![0f64; n];
+    let mut k = 0usize;
+    for (q, o) in out.iter_mut().enumerate() {
+        while zb[k + 1] < pos(q) {
+            k += 1;
+        }
+        let p = v[k];
+        *o = (pos(q) - pos(p)).powi(2) + f[p];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance_transform_is_exact_with_anisotropic_spacing() {
+        let (rows, cols) = (7, 9);
+        let mut mask = vec![false; rows * cols];
+        mask[2 * cols + 3] = true;
+        mask[5 * cols + 7] = true;
+        let d = distance_mm(&mask, rows, cols, [2.0, 0.5]);
+        for r in 0..rows {
+            for c in 0..cols {
+                let brute = [(2usize, 3usize), (5, 7)]
+                    .iter()
+                    .map(|&(pr, pc)| (((r as f64 - pr as f64) * 2.0).powi(2) + ((c as f64 - pc as f64) * 0.5).powi(2)).sqrt())
+                    .fold(f64::INFINITY, f64::min);
+                assert!((d[r * cols + c] as f64 - brute).abs() < 1e-5, "({r},{c}): {} vs {brute}", d[r * cols + c]);
+            }
+        }
+        assert!(distance_mm(&[false; 4], 2, 2, [1.0, 1.0]).iter().all(|v| v.is_infinite()));
+    }
+}

@@ -5,7 +5,7 @@
 //!   CLASSES: comma-separated label values (`a+b`: structures a and b as one multi-part class), or `pairs-even` / `pairs-odd` (AAL left/right pairs by pair
 //!            index (label+1)/2: the tuning and the report halves), or `all`
 //!   SETTING: `copy`, or comma-separated key=value over prop (memory|independent), size, pw, gain,
-//!            radius, thr, area, patience, fov (slice|auto), extent (auto|all)
+//!            gate, radius, thr, drop, area, patience, fov (slice|auto), extent (auto|all)
 //! Prints one summary line per setting and writes per-class JSON lines to $CALIBRATE_OUT if set.
 
 use std::io::Write;
@@ -29,9 +29,11 @@ fn parse(setting: &str) -> Option<SegmentOptions> {
             "size" => m.size = v.parse().unwrap(),
             "pw" => m.painted_weight = v.parse().unwrap(),
             "gain" => m.prior_gain = v.parse().unwrap(),
+            "gate" => m.leak_gate = v.parse().unwrap(),
             "radius" => m.prior_radius_mm = v.parse().unwrap(),
             "thr" => m.presence_threshold = v.parse().unwrap(),
             "area" => m.min_area_fraction = v.parse().unwrap(),
+            "drop" => m.presence_drop = v.parse().unwrap(),
             "patience" => m.patience = v.parse().unwrap(),
             "fov" => o.fov = if v == "auto" { FovMode::Auto } else { FovMode::Slice },
             "extent" => o.extent = if v == "all" { ExtentMode::All } else { ExtentMode::Auto },
@@ -168,7 +170,7 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"setting": setting, "label": c, "painted": z0, "painted_area": painted_area, "extent": [lo, hi], "z": z, "presence": presence,
+                serde_json::json!({"image": q.dims, "setting": setting, "label": c, "painted": z0, "painted_area": painted_area, "extent": [lo, hi], "z": z, "presence": presence,
                     "area": count(&|i| m[i]), "prev_area": count(&|i| p[i]), "overlap": count(&|i| m[i] && p[i]),
                     "tp": count(&|i| m[i] && t[i]), "fp": count(&|i| m[i] && !t[i]), "fn": count(&|i| !m[i] && t[i]), "truth": count(&|i| t[i])})
             )

@@ -144,6 +144,21 @@ fn c_abi_matches_rust_api_and_is_shareable() {
     for r in &results {
         assert!(r == &expected, "a thread's labels differ from the Rust API's");
     }
+    // The propagation field selects the protocol as the Rust option does.
+    let independent = dspnet::volume::SegmentOptions { propagation: dspnet::volume::Propagation::Independent, ..opts.clone() };
+    let (expected_independent, _) = dspnet::volume::segment(&model, vref, &support, &independent, &mut |_, _| true).unwrap();
+    let mut o = std::mem::MaybeUninit::uninit();
+    unsafe { dspnet_segment_options_init(o.as_mut_ptr()) };
+    let mut o = unsafe { o.assume_init() };
+    assert_eq!(o.propagation, DSPNET_PROPAGATION_MEMORY, "memory is the default");
+    o.extent = DSPNET_EXTENT_RANGE;
+    (o.extent_first, o.extent_last) = (1, 3);
+    o.propagation = DSPNET_PROPAGATION_INDEPENDENT;
+    let volume = dspnet_volume_t { data: img.as_ptr().cast(), dtype: DSPNET_DTYPE_I16, dims: CROP, spacing: [1.0; 3] };
+    let mut out = vec![0xffffu16; img.len()];
+    let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert!(out == expected_independent, "independent through the C ABI differs from the Rust API's");
     unsafe { dspnet_model_free(handle) };
     unsafe { dspnet_model_free(handle) }; // a second free is a no-op
     let _ = std::fs::remove_dir_all(&dir);

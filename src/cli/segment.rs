@@ -60,15 +60,21 @@ pub struct ModelArgs {
     /// Memory: weight of the painted slice's scores (each memory slice weighs 1).
     #[arg(long, default_value_t = MemoryOptions::default().painted_weight, help_heading = "Memory propagation")]
     pub painted_weight: f32,
-    /// Memory: gain (logits) of the spatial prior around the last accepted mask; 0 = off.
+    /// Memory: shape prior (logits) added inside the last accepted mask; 0 = off.
     #[arg(long, default_value_t = MemoryOptions::default().prior_gain, help_heading = "Memory propagation")]
     pub prior_gain: f32,
-    /// Memory: distance (mm) from the last accepted mask at which the prior reaches -gain.
+    /// Memory: leak gate (logits) subtracted at --prior-radius and beyond from the last accepted mask; 0 = off.
+    #[arg(long, default_value_t = MemoryOptions::default().leak_gate, help_heading = "Memory propagation")]
+    pub leak_gate: f32,
+    /// Memory: distance (mm) from the last accepted mask at which the leak gate is complete.
     #[arg(long, default_value_t = MemoryOptions::default().prior_radius_mm, help_heading = "Memory propagation")]
     pub prior_radius: f64,
     /// Memory: a slice is accepted when its mean margin reaches this fraction of the painted slice's own.
     #[arg(long, default_value_t = MemoryOptions::default().presence_threshold, help_heading = "Memory propagation")]
     pub presence_threshold: f32,
+    /// Memory: ...and this fraction of the mean presence of the chain's last three accepted slices; 0 = off.
+    #[arg(long, default_value_t = MemoryOptions::default().presence_drop, help_heading = "Memory propagation")]
+    pub presence_drop: f32,
     /// Memory: ...and its area this fraction of the painted area.
     #[arg(long, default_value_t = MemoryOptions::default().min_area_fraction, help_heading = "Memory propagation")]
     pub min_area_fraction: f64,
@@ -135,8 +141,10 @@ impl ModelArgs {
                 size: self.memory_size,
                 painted_weight: self.painted_weight,
                 prior_gain: self.prior_gain,
+                leak_gate: self.leak_gate,
                 prior_radius_mm: self.prior_radius,
                 presence_threshold: self.presence_threshold,
+                presence_drop: self.presence_drop,
                 min_area_fraction: self.min_area_fraction,
                 patience: self.patience,
             },

@@ -71,13 +71,18 @@ pub struct MemoryOptions {
     pub size: usize,
     /// Weight of the painted slice's scores; each memory slice weighs 1.
     pub painted_weight: f32,
-    /// Gain (logit units) of the spatial prior from the last accepted mask: +gain inside it, falling
-    /// linearly to −gain at `prior_radius_mm` from it and beyond. 0 turns the prior off.
+    /// Shape prior (logit units) added inside the last accepted mask; 0 turns it off.
     pub prior_gain: f32,
+    /// Leak gate (logit units) subtracted at `prior_radius_mm` and beyond from the last accepted mask,
+    /// rising linearly to 0 at the mask's edge; 0 turns it off.
+    pub leak_gate: f32,
     pub prior_radius_mm: f64,
     /// A slice is accepted when its presence score reaches this: the mean foreground margin over the
     /// predicted pixels, as a fraction of the painted slice's own margin over its painted pixels.
     pub presence_threshold: f32,
+    /// ...and at least this fraction of the mean presence of the chain's last three accepted slices
+    /// (a sudden drop: the chain has left the structure); 0 turns this off.
+    pub presence_drop: f32,
     /// ...and when its foreground area is at least this fraction of the painted area.
     pub min_area_fraction: f64,
     /// Auto extent: a chain stops after this many rejected slices in a row (they stay empty).
@@ -86,13 +91,17 @@ pub struct MemoryOptions {
 
 impl Default for MemoryOptions {
     fn default() -> Self {
+        // Chosen on the CT liver and the 8 deep-nucleus crop (chain traces replayed under each rule,
+        // scripts/replay_stop_rules.py); reported on the other structures (weights/README.md).
         MemoryOptions {
             size: 3,
             painted_weight: 1.0,
             prior_gain: 0.0,
+            leak_gate: 4.0,
             prior_radius_mm: 10.0,
-            presence_threshold: 0.3,
-            min_area_fraction: 0.02,
+            presence_threshold: 0.4,
+            presence_drop: 0.6,
+            min_area_fraction: 0.15,
             patience: 1,
         }
     }
@@ -104,11 +113,12 @@ impl MemoryOptions {
         if !(self.painted_weight.is_finite() && self.painted_weight > 0.0) {
             return bad("the painted slice's weight must be finite and positive");
         }
-        if !(self.prior_gain.is_finite() && self.prior_gain >= 0.0) || !(self.prior_radius_mm.is_finite() && self.prior_radius_mm > 0.0) {
-            return bad("the prior gain must be finite and non-negative, its radius finite and positive");
+        let gain_ok = |g: f32| g.is_finite() && g >= 0.0;
+        if !gain_ok(self.prior_gain) || !gain_ok(self.leak_gate) || !(self.prior_radius_mm.is_finite() && self.prior_radius_mm > 0.0) {
+            return bad("the prior gain and leak gate must be finite and non-negative, the radius finite and positive");
         }
-        if !self.presence_threshold.is_finite() || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0) {
-            return bad("the presence threshold and the minimum area fraction must be finite");
+        if self.presence_threshold.is_nan() || !(self.presence_drop.is_finite() && self.presence_drop >= 0.0) || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0) {
+            return bad("the presence threshold must be a number (-inf accepts every slice), the presence drop and the minimum area fraction finite and non-negative");
         }
         if self.patience == 0 {
             return bad("patience must be at least 1");

@@ -102,6 +102,8 @@ fn follow_chain(
     let mut memory: VecDeque<SupportEpisode> = VecDeque::with_capacity(mo.size + 1);
     let mut last_mask = anchor.mask.clone();
     let mut misses = 0usize;
+    // Presence of the last accepted slices, for the drop rule.
+    let mut recent: VecDeque<f32> = VecDeque::with_capacity(RECENT);
     let mut z = anchor.slice as i64 + dir;
     while z >= 0 && (z as usize) < vol.slices() {
         let zu = z as usize;
@@ -125,7 +127,8 @@ fn follow_chain(
         ticker.tick()?;
         let presence = step.presence / anchor.self_margin;
         trace.push((zu, presence));
-        let accepted = step.area >= min_area && presence >= mo.presence_threshold;
+        let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
+        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped;
         // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
         if accepted || !stops {
             for ((v, &on), &score) in slice_indices(vol.dims, vol.axis, zu).zip(&step.mask).zip(&step.fg) {
@@ -136,6 +139,10 @@ fn follow_chain(
         }
         if accepted {
             misses = 0;
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(presence);
             if mo.size > 0 {
                 let r = memory_episode(pass, &features, &step.mask, &frame, &pass.opts.head);
                 match r {
@@ -161,6 +168,9 @@ fn follow_chain(
     Ok(())
 }
 
+/// Accepted slices whose presence the drop rule compares against.
+const RECENT: usize = 3;
+
 /// One query slice scored against the painted slice and the memory.
 struct Step {
     /// Predicted foreground, row-major over the slice.
@@ -185,10 +195,10 @@ fn score_with_memory(
     let mut parts = vec![(&anchor.episode, mo.painted_weight)];
     parts.extend(memory.iter().map(|e| (e, 1.0)));
     let SliceLogits { fg, bg } = vol.score_mean(&parts, features, frame)?;
-    let prior = (mo.prior_gain > 0.0).then(|| {
+    let prior = (mo.prior_gain > 0.0 || mo.leak_gate > 0.0).then(|| {
         let d = distance_mm(last_mask, vol.rows, vol.cols, vol.pixel_spacing);
         let r = mo.prior_radius_mm as f32;
-        d.into_iter().map(|d| mo.prior_gain * (1.0 - 2.0 * (d / r).min(1.0))).collect::<Vec<f32>>()
+        d.into_iter().map(|d| if d == 0.0 { mo.prior_gain } else { -mo.leak_gate * (d / r).min(1.0) }).collect::<Vec<f32>>()
     });
     let mut mask = Vec::with_capacity(fg.len());
     let (mut area, mut margin_sum) = (0usize, 0f32);

@@ -239,9 +239,10 @@ def sliceNode(scene, name, orientation):
     return node
 
 
-def runCli(image, support, output, weights, axis, extent, device="cpu"):
+def runCli(image, support, output, weights, axis, extent, device="cpu", propagation="memory"):
     cmd = [cliPath(), "segment", image, "--support", support, "-o", output, "--weights", weights,
-           "--axis", axis, "--extent", f"{extent[0]}:{extent[1]}", "--device", device, "--quiet"]
+           "--axis", axis, "--extent", f"{extent[0]}:{extent[1]}", "--device", device,
+           "--propagation", propagation, "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")

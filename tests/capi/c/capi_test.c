@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #define NI 64
@@ -340,9 +341,17 @@ static void test_segment_errors(const dspnet_model_t *model) {
     /* Options: struct_size too small, bad enum values, range outside the volume. */
     o.struct_size = 0;
     EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
-    o.struct_size = sizeof o - 8;
+    o.struct_size = offsetof(dspnet_segment_options_t, propagation) - 8; /* shorter than ABI version 1 */
     EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
     CHECK(strstr(dspnet_last_error_message(), "struct_size") != NULL, "message: %s", dspnet_last_error_message());
+    o = run_options();
+    o.propagation = 2;
+    EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+    CHECK(strstr(dspnet_last_error_message(), "propagation") != NULL, "message: %s", dspnet_last_error_message());
+    /* A caller built against the first header: its struct ends before `propagation`, which is not read
+     * (the default applies), whatever lies in memory after the caller's struct. */
+    o.struct_size = offsetof(dspnet_segment_options_t, propagation);
+    EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_OK);
     o = run_options();
     o.slice_axis = 3;
     EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);

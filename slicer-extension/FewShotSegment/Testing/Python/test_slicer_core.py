@@ -311,6 +311,27 @@ def test_plain_numpy_binding_on_pynrrd_arrays_matches_cli(ct, weights):
     testing.assertSameMask(labels.T, ct["cli"] == 1, "binding on pynrrd arrays vs dspnet segment")
 
 
+def test_binding_propagation_option_matches_cli(ct, weights, workdir):
+    """propagation="independent" is the CLI's --propagation independent; unknown values are refused."""
+    import nrrd
+    import slicerio
+    files = ct["files"]
+    image, header = nrrd.read(files["image"])
+    spacing = np.linalg.norm(header["space directions"], axis=1)
+    support = slicerio.extract_segments(slicerio.read_segmentation(files["support"]), [("Liver", 1)])["voxels"]
+    out = os.path.join(workdir, "independent.nrrd")
+    testing.runCli(files["image"], files["support"], out, weights, "k", (1, 4), propagation="independent")
+    cli, _ = nrrd.read(out)
+    with binding.Model(weights, device="cpu") as model:
+        labels, summary = binding.segment(model, image, support, spacing, slice_axis="k", extent="1:4",
+                                          index_order="ijk", propagation="independent")
+        assert summary.slices_processed == 3
+        testing.assertSameMask(labels, cli == 1, "binding independent vs dspnet segment --propagation independent")
+        with pytest.raises(binding.InvalidArgumentError):
+            binding.segment(model, image, support, spacing, slice_axis="k", propagation="sideways",
+                            index_order="ijk")
+
+
 # --------------------------------------------------------------------------------------------------
 # Batch script
 # --------------------------------------------------------------------------------------------------

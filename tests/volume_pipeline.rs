@@ -271,7 +271,15 @@ fn memory_without_memory_or_prior_scores_like_independent() {
     let (img, _, sup) = ct();
     // No memory slice, no prior, every slice accepted: each slice is scored against the painted slice
     // alone, which is the independent protocol, value for value.
-    let memory = MemoryOptions { size: 0, prior_gain: 0.0, presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, ..MemoryOptions::default() };
+    let memory = MemoryOptions {
+        size: 0,
+        prior_gain: 0.0,
+        leak_gate: 0.0,
+        presence_threshold: f32::NEG_INFINITY,
+        presence_drop: 0.0,
+        min_area_fraction: 0.0,
+        ..MemoryOptions::default()
+    };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 5)] {
         let base = SegmentOptions { extent, components: ComponentsMode::All, memory: memory.clone(), ..Default::default() };
         let (m, ms) = run(&img, &sup.data, &base).unwrap();

@@ -499,13 +499,17 @@ mod tests {
         assert_eq!(dspnet_abi_version(), DSPNET_ABI_VERSION);
     }
 
-    /// The first version's layouts are frozen: a change here is an ABI break.
+    /// The first version's layouts are frozen: a change here is an ABI break. Fields appended later
+    /// start where the first version ended.
     #[test]
     fn abi_layout_is_frozen() {
         assert_eq!(size_of::<dspnet_status_t>(), 4);
         assert_eq!((size_of::<dspnet_volume_t>(), align_of::<dspnet_volume_t>()), (64, 8));
         assert_eq!(offset_of!(dspnet_volume_t, dims), 16);
-        assert_eq!(size_of::<dspnet_segment_options_t>(), 80);
+        // Version 1 was 80 bytes, ending with user_data; 0.2 appended propagation.
+        assert_eq!(offset_of!(dspnet_segment_options_t, user_data), 72);
+        assert_eq!(offset_of!(dspnet_segment_options_t, propagation), 80);
+        assert_eq!(size_of::<dspnet_segment_options_t>(), 88);
         assert_eq!(offset_of!(dspnet_segment_options_t, extent_first), 24);
         assert_eq!(offset_of!(dspnet_segment_options_t, progress), 64);
         assert_eq!(size_of::<dspnet_segment_summary_t>(), 48);
@@ -563,7 +567,7 @@ mod tests {
             let mut o = std::mem::MaybeUninit::<dspnet_segment_options_t>::uninit();
             dspnet_segment_options_init(o.as_mut_ptr());
             let o = o.assume_init();
-            assert_eq!((o.struct_size, o.slice_axis, o.extent), (80, -1, DSPNET_EXTENT_AUTO));
+            assert_eq!((o.struct_size, o.slice_axis, o.extent, o.propagation), (88, -1, DSPNET_EXTENT_AUTO, DSPNET_PROPAGATION_MEMORY));
         }
     }
 }

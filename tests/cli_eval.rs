@@ -121,3 +121,36 @@ fn dicom_series_folder_as_input() {
     // Oblique DICOM geometry survives NIfTI's float32 affine to ~1e-5 mm.
     assert!(res.geometry.same_grid(&img.geometry, 1e-3), "{:?} vs {:?}", res.geometry, img.geometry);
 }
+
+#[test]
+fn eval_compare_reports_memory_independent_and_copy_side_by_side() {
+    let case = ct_case("compare", 3);
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--compare", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for method in ["memory", "independent", "copy"] {
+        let m = &j["compare"][method];
+        let c = &m["classes"][0];
+        assert_eq!(c["label"], 1, "{method}");
+        // Extent all: the 7 slices around the support are scored by every method, and the prediction's
+        // ends are compared with the liver's (it spans the crop: 0..=7).
+        assert_eq!(c["slices_processed"], 7, "{method}");
+        assert_eq!(c["extent"], serde_json::json!([0, 7]));
+        let pred = c["predicted_extent"].as_array().unwrap();
+        let err = c["extent_error"].as_array().unwrap();
+        assert_eq!(err[0].as_u64().unwrap(), pred[0].as_u64().unwrap(), "{method}: first end error");
+        assert_eq!(err[1].as_u64().unwrap(), 7 - pred[1].as_u64().unwrap(), "{method}: last end error");
+        let d = m["mean_dice"].as_f64().unwrap();
+        assert!(d > 0.0 && d <= 1.0 && m["median_dice"].as_f64() == Some(d), "{method}: one class, mean = median");
+    }
+    // Copy is exact on its support slice and repeats it: its in-extent Dice is what `--method copy` gives.
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--method", "copy", "--extent", "all", "--json"]);
+    let single: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(single["classes"][0]["dice"], j["compare"]["copy"]["classes"][0]["dice"]);
+    // The table form names the three methods; --compare is for one-slice only.
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--compare"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.contains("memory") && table.contains("independent") && table.contains("copy") && table.contains("ends<=3"), "{table}");
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--protocol", "alpnet", "--compare"]);
+    assert!(!o.status.success() && stderr(&o).contains("--compare applies to --protocol one-slice only"), "{}", stderr(&o));
+}

@@ -40,7 +40,9 @@ pub fn segment_class(pass: &ClassPass<'_, '_>, mut fg: Vec<f32>, cache: &mut Fea
     }
     // Slices the chains stopped before are no longer part of the work.
     let scored = presence.len();
-    ticker.skip(pass.query_slices.len() - scored)?;
+    if scored < pass.query_slices.len() {
+        ticker.skip(pass.query_slices.len() - scored)?;
+    }
     Ok(ClassOutcome { fg, scored, presence })
 }
 

@@ -12,13 +12,18 @@
  *   opts.progress = [](size_t done, size_t total) { return false; };   // true cancels (as in C)
  *   std::vector<uint16_t> labels = model.segment(image, support_ptr, opts);
  *
+ *   dspnet::Session session(model, image);        // keeps encoded slices: corrections re-run in seconds
+ *   labels = session.segment(support_ptr, opts);  // first run encodes; the next ones reuse
+ *
  * Conventions
  * - Errors are exceptions of type dspnet::Error, carrying the C status and message. A cancelled run
  *   throws dspnet::Error with status() == DSPNET_ERROR_CANCELLED (and cancelled() == true).
  * - The progress callback returns true to cancel and false to go on, like the C callback's non-zero /
  *   zero. An exception thrown by the callback cancels the run and is rethrown by segment().
  * - dspnet::Model is move-only (RAII over dspnet_model_t) and const member functions may be called from
- *   many threads at once.
+ *   many threads at once. dspnet::Session is move-only (RAII over dspnet_session_t), copies the image,
+ *   keeps the model alive, and runs one segmentation at a time: a call while another runs on the same
+ *   session throws dspnet::Error with status DSPNET_ERROR_BUSY.
  * - Views never own memory; the buffers must outlive the call. Layout: i fastest ([k][j][i]).
  */
 #ifndef DSPNET_HPP
@@ -184,7 +189,84 @@ struct SegmentSummary {
     std::size_t slices_processed = 0;
     std::size_t labelled_voxels = 0;
     double seconds = 0.0;
+    /// Per slice along the slice axis: confidence in [0, 1], or -1 where the slice was not scored.
+    std::vector<float> slice_confidence;
+    /// Slices to check or paint next, least confident first (at most DSPNET_MAX_SUGGESTIONS).
+    std::vector<std::size_t> suggested_slices;
 };
+
+/// What a session holds (dspnet_session_info_t).
+struct SessionInfo {
+    Dims dims{};
+    std::size_t feature_budget_bytes = 0;
+    std::size_t cached_slices = 0;
+    std::size_t cached_bytes = 0;
+    std::size_t image_bytes = 0;
+    std::size_t slices_encoded = 0;
+    std::size_t slices_reused = 0;
+};
+
+namespace detail {
+
+/// Run one C segment call (`call(options, summary)`) with `options` translated, the progress callback
+/// bridged (exceptions carried across and rethrown) and the summary read back; `max_slices` bounds the
+/// slice count (the largest dimension).
+template <class Call> SegmentSummary run_segment(const SegmentOptions &options, std::size_t max_slices, Call call) {
+    dspnet_segment_options_t c;
+    dspnet_segment_options_init(&c);
+    c.slice_axis = options.slice_axis;
+    c.modality = static_cast<dspnet_modality_t>(options.modality);
+    c.extent = options.extent.mode;
+    c.extent_first = options.extent.first;
+    c.extent_last = options.extent.last;
+    c.fov = static_cast<dspnet_fov_t>(options.fov);
+    c.components = static_cast<dspnet_components_t>(options.components);
+    c.propagation = static_cast<dspnet_propagation_t>(options.propagation);
+    c.classes = options.classes.empty() ? nullptr : options.classes.data();
+    c.num_classes = options.classes.size();
+
+    struct State {
+        const ProgressCallback *callback;
+        std::exception_ptr error;
+    } state{&options.progress, nullptr};
+    if (options.progress) {
+        c.progress = [](void *user, std::size_t done, std::size_t total) -> int {
+            auto *s = static_cast<State *>(user);
+            try {
+                return (*s->callback)(done, total) ? 1 : 0;
+            } catch (...) { // never let an exception unwind through libdspnet
+                s->error = std::current_exception();
+                return 1;
+            }
+        };
+        c.user_data = &state;
+    }
+
+    SegmentSummary s;
+    s.slice_confidence.assign(max_slices, -1.0f);
+    dspnet_segment_summary_t cs{};
+    cs.struct_size = sizeof cs;
+    cs.slice_confidence = s.slice_confidence.data();
+    cs.slice_confidence_capacity = s.slice_confidence.size();
+    const dspnet_status_t status = call(&c, &cs);
+    if (state.error) {
+        std::rethrow_exception(state.error);
+    }
+    check(status);
+    s.slice_axis = cs.slice_axis;
+    s.modality = static_cast<Modality>(cs.modality);
+    s.num_classes = cs.num_classes;
+    s.slices_processed = cs.slices_processed;
+    s.labelled_voxels = cs.labelled_voxels;
+    s.seconds = cs.seconds;
+    s.slice_confidence.resize(cs.num_slices < max_slices ? cs.num_slices : max_slices);
+    s.suggested_slices.assign(cs.suggested_slices, cs.suggested_slices + cs.num_suggested);
+    return s;
+}
+
+inline std::size_t largest(const Dims &d) { return d[0] > d[1] ? (d[0] > d[2] ? d[0] : d[2]) : (d[1] > d[2] ? d[1] : d[2]); }
+
+} // namespace detail
 
 /// Release version of the loaded library, e.g. "0.1.0".
 inline std::string version() { return dspnet_version(); }
@@ -225,52 +307,10 @@ public:
     template <class T>
     SegmentSummary segment_into(const VolumeView<T> &image, const std::uint16_t *support, std::uint16_t *out,
                                 const SegmentOptions &options = SegmentOptions()) const {
-        dspnet_segment_options_t c;
-        dspnet_segment_options_init(&c);
-        c.slice_axis = options.slice_axis;
-        c.modality = static_cast<dspnet_modality_t>(options.modality);
-        c.extent = options.extent.mode;
-        c.extent_first = options.extent.first;
-        c.extent_last = options.extent.last;
-        c.fov = static_cast<dspnet_fov_t>(options.fov);
-        c.components = static_cast<dspnet_components_t>(options.components);
-        c.propagation = static_cast<dspnet_propagation_t>(options.propagation);
-        c.classes = options.classes.empty() ? nullptr : options.classes.data();
-        c.num_classes = options.classes.size();
-
-        struct State {
-            const ProgressCallback *callback;
-            std::exception_ptr error;
-        } state{&options.progress, nullptr};
-        if (options.progress) {
-            c.progress = [](void *user, std::size_t done, std::size_t total) -> int {
-                auto *s = static_cast<State *>(user);
-                try {
-                    return (*s->callback)(done, total) ? 1 : 0;
-                } catch (...) { // never let an exception unwind through libdspnet
-                    s->error = std::current_exception();
-                    return 1;
-                }
-            };
-            c.user_data = &state;
-        }
-
-        dspnet_segment_summary_t cs{};
-        cs.struct_size = sizeof cs;
         const dspnet_volume_t volume = image.c_volume();
-        const dspnet_status_t status = dspnet_segment_with_summary(handle_.get(), &volume, support, out, &c, &cs);
-        if (state.error) {
-            std::rethrow_exception(state.error);
-        }
-        detail::check(status);
-        SegmentSummary s;
-        s.slice_axis = cs.slice_axis;
-        s.modality = static_cast<Modality>(cs.modality);
-        s.num_classes = cs.num_classes;
-        s.slices_processed = cs.slices_processed;
-        s.labelled_voxels = cs.labelled_voxels;
-        s.seconds = cs.seconds;
-        return s;
+        return detail::run_segment(options, detail::largest(image.dims()), [&](const dspnet_segment_options_t *c, dspnet_segment_summary_t *cs) {
+            return dspnet_segment_with_summary(handle_.get(), &volume, support, out, c, cs);
+        });
     }
 
     /// Segment and return the label volume (image.size() values). `summary`, if given, receives what
@@ -301,6 +341,89 @@ private:
         void operator()(dspnet_model_t *m) const noexcept { dspnet_model_free(m); }
     };
     std::unique_ptr<dspnet_model_t, Deleter> handle_;
+};
+
+/// An interactive session: move-only owner of a dspnet_session_t. Holds a copy of the image and keeps
+/// the slices it encodes (within its feature budget), so that segmenting again after a correction
+/// re-runs the prototype head only. The model stays alive as long as the session.
+class Session {
+public:
+    /// An empty session (like a moved-from one): segment() on it throws DSPNET_ERROR_NULL_ARGUMENT.
+    Session() noexcept = default;
+
+    /// Copy `image` into a new session on `model`. `feature_budget_bytes`: 0 = the library default
+    /// (DSPNET_SESSION_DEFAULT_FEATURE_BUDGET); at least one slice. Throws dspnet::Error.
+    template <class T> Session(const Model &model, const VolumeView<T> &image, std::size_t feature_budget_bytes = 0) : dims_(image.dims()) {
+        dspnet_session_options_t o;
+        dspnet_session_options_init(&o);
+        o.feature_budget_bytes = feature_budget_bytes;
+        const dspnet_volume_t volume = image.c_volume();
+        dspnet_session_t *raw = nullptr;
+        detail::check(dspnet_session_create(model.get(), &volume, &o, &raw));
+        handle_.reset(raw);
+    }
+
+    Session(Session &&) noexcept = default;
+    Session &operator=(Session &&) noexcept = default;
+    Session(const Session &) = delete;
+    Session &operator=(const Session &) = delete;
+
+    dspnet_session_t *get() const noexcept { return handle_.get(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(handle_); }
+    /// The image's dims (support and output volumes must have them).
+    const Dims &dims() const noexcept { return dims_; }
+
+    /// Segment the session's image from `support` into `out` (image-sized buffers; same results as
+    /// Model::segment_into on the same image). Throws dspnet::Error (DSPNET_ERROR_BUSY if the session is
+    /// already segmenting).
+    SegmentSummary segment_into(const std::uint16_t *support, std::uint16_t *out, const SegmentOptions &options = SegmentOptions()) {
+        return detail::run_segment(options, detail::largest(dims_), [&](const dspnet_segment_options_t *c, dspnet_segment_summary_t *cs) {
+            return dspnet_session_segment_with_summary(handle_.get(), support, out, c, cs);
+        });
+    }
+
+    std::vector<std::uint16_t> segment(const std::uint16_t *support, const SegmentOptions &options = SegmentOptions(), SegmentSummary *summary = nullptr) {
+        std::vector<std::uint16_t> out(voxel_count(dims_));
+        SegmentSummary s = segment_into(support, out.data(), options);
+        if (summary != nullptr) {
+            *summary = std::move(s);
+        }
+        return out;
+    }
+
+    /// As above with the support in a vector, whose size must match the image.
+    std::vector<std::uint16_t> segment(const std::vector<std::uint16_t> &support, const SegmentOptions &options = SegmentOptions(),
+                                       SegmentSummary *summary = nullptr) {
+        if (support.size() != voxel_count(dims_)) {
+            throw Error(DSPNET_ERROR_SHAPE, "support labels size does not match the session's image");
+        }
+        return segment(support.data(), options, summary);
+    }
+
+    /// What the session holds. Throws dspnet::Error.
+    SessionInfo info() const {
+        dspnet_session_info_t c{};
+        c.struct_size = sizeof c;
+        detail::check(dspnet_session_info(handle_.get(), &c));
+        SessionInfo i;
+        for (int a = 0; a < 3; ++a) {
+            i.dims[a] = c.dims[a];
+        }
+        i.feature_budget_bytes = c.feature_budget_bytes;
+        i.cached_slices = c.cached_slices;
+        i.cached_bytes = c.cached_bytes;
+        i.image_bytes = c.image_bytes;
+        i.slices_encoded = c.slices_encoded;
+        i.slices_reused = c.slices_reused;
+        return i;
+    }
+
+private:
+    struct Deleter {
+        void operator()(dspnet_session_t *s) const noexcept { dspnet_session_free(s); }
+    };
+    std::unique_ptr<dspnet_session_t, Deleter> handle_;
+    Dims dims_{};
 };
 
 } // namespace dspnet

@@ -49,13 +49,17 @@ pub enum dspnet_status_t {
     /// A bug in libdspnet: a Rust panic was caught at the API boundary. The host process is
     /// unaffected; the message says where it happened. Please report it.
     DSPNET_ERROR_PANIC = 13,
+    /// The session is already segmenting (on another thread, or this call came from its own progress
+    /// callback): a session runs one segmentation at a time. Nothing was done; try again when that
+    /// call has returned, or use one session per thread. Appended in 0.2.
+    DSPNET_ERROR_BUSY = 14,
 }
 
 use dspnet_status_t::*;
 
 impl dspnet_status_t {
     /// Every code, in value order (for the name table and tests).
-    pub(crate) const ALL: [dspnet_status_t; 14] = [
+    pub(crate) const ALL: [dspnet_status_t; 15] = [
         DSPNET_OK,
         DSPNET_ERROR_NULL_ARGUMENT,
         DSPNET_ERROR_INVALID_ARGUMENT,
@@ -70,6 +74,7 @@ impl dspnet_status_t {
         DSPNET_ERROR_CANCELLED,
         DSPNET_ERROR_BACKEND,
         DSPNET_ERROR_PANIC,
+        DSPNET_ERROR_BUSY,
     ];
 
     /// The code's name as a NUL-terminated static string.
@@ -89,6 +94,7 @@ impl dspnet_status_t {
             DSPNET_ERROR_CANCELLED => c"DSPNET_ERROR_CANCELLED",
             DSPNET_ERROR_BACKEND => c"DSPNET_ERROR_BACKEND",
             DSPNET_ERROR_PANIC => c"DSPNET_ERROR_PANIC",
+            DSPNET_ERROR_BUSY => c"DSPNET_ERROR_BUSY",
         }
     }
 }

@@ -15,6 +15,9 @@
 
 pub(crate) mod error;
 mod input;
+mod session;
+
+pub use session::*;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -210,12 +213,16 @@ pub struct dspnet_segment_options_t {
     pub propagation: dspnet_propagation_t,
 }
 
+/// At most this many slices are suggested in `dspnet_segment_summary_t.suggested_slices`.
+pub const DSPNET_MAX_SUGGESTIONS: usize = 3;
+
 /// What a `dspnet_segment_with_summary()` run did. Set `struct_size = sizeof(dspnet_segment_summary_t)`
-/// before the call; on success the library fills the fields it knows (fields are only ever appended)
-/// and sets `struct_size` to the number of bytes it filled. Untouched on failure.
+/// (and, to receive per-slice confidences, `slice_confidence` and `slice_confidence_capacity`) before the
+/// call; on success the library fills the fields it knows (fields are only ever appended) and sets
+/// `struct_size` to the number of bytes it filled. Untouched on failure.
 #[repr(C)]
 pub struct dspnet_segment_summary_t {
-    /// In: size of the caller's struct (at least this first version's size). Out: bytes filled.
+    /// In: size of the caller's struct (at least this first version's size, 48 bytes). Out: bytes filled.
     pub struct_size: usize,
     /// The slice axis used (0 = i, 1 = j, 2 = k).
     pub slice_axis: c_int,
@@ -229,6 +236,21 @@ pub struct dspnet_segment_summary_t {
     pub labelled_voxels: usize,
     /// Wall-clock seconds spent in the segmentation.
     pub seconds: f64,
+    /// Out (appended in 0.2): slices along the slice axis, the number of entries `slice_confidence` needs.
+    pub num_slices: usize,
+    /// In: NULL, or a caller buffer of `slice_confidence_capacity` floats. Out (same pointer): entry z is
+    /// the confidence in [0, 1] of slice z (the model's presence score: its mean foreground margin on the
+    /// slice as a fraction of the painted slice's own, the lowest over the classes), or -1 for a slice
+    /// that was not scored (painted, or outside the extent). Entries from `num_slices` on are not written;
+    /// slices from `slice_confidence_capacity` on are not reported.
+    pub slice_confidence: *mut f32,
+    /// In: entries `slice_confidence` holds (ignored when it is NULL).
+    pub slice_confidence_capacity: usize,
+    /// Out: entries of `suggested_slices` set (0 when nothing was predicted).
+    pub num_suggested: usize,
+    /// Out: the slices to check or paint next, least confident first: scored slices inside the predicted
+    /// extent, apart from the painted slices and from each other.
+    pub suggested_slices: [usize; DSPNET_MAX_SUGGESTIONS],
 }
 
 /// The ABI major version the library was built with; equals `DSPNET_ABI_VERSION` of a matching header.
@@ -421,64 +443,158 @@ unsafe fn segment_impl(
     if image.is_null() {
         return Err(Failure::null("image"));
     }
-    if support_labels.is_null() {
-        return Err(Failure::null("support_labels"));
-    }
-    if out_labels.is_null() {
-        return Err(Failure::null("out_labels"));
-    }
     // SAFETY: non-null; every bit pattern is a valid dspnet_volume_t (integers, floats, pointers).
     let image = unsafe { image.read() };
-    let opts = unsafe { input::read_options(options) }?;
-    if !summary.is_null() {
-        // SAFETY: non-null; struct_size is its first field.
-        let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
-        if size < std::mem::size_of::<dspnet_segment_summary_t>() {
-            return Err(Failure::invalid(format!(
-                "summary->struct_size is {size}, smaller than sizeof(dspnet_segment_summary_t) = {} of this ABI's first version; set it to sizeof(dspnet_segment_summary_t)",
-                std::mem::size_of::<dspnet_segment_summary_t>()
-            )));
-        }
-    }
     let n = input::checked_voxel_count(image.dims)?;
-    // SAFETY (both): pointers non-null, n elements per the caller contract; alignment checked inside.
+    // SAFETY: caller contract for every pointer; checked inside.
+    let call = unsafe { SegmentCall::new(support_labels, out_labels, options, summary, n) }?;
+    // SAFETY: pointer non-null (checked inside), n elements per the caller contract; alignment checked.
     let voxels = unsafe { input::image_as_f32(&image, n) }?;
-    let support = unsafe { input::u16_slice(support_labels, n, "support_labels") }?;
-    input::check_aligned(out_labels, "out_labels")?;
-
-    let mut callback = |done: usize, total: usize| -> bool {
-        match opts.progress {
-            // SAFETY: the caller's function pointer and user_data, called as documented.
-            Some(f) => (unsafe { f(opts.user_data, done, total) }) == 0,
-            None => true,
-        }
-    };
     let volume_ref = volume::VolumeRef { data: &voxels, dims: image.dims, spacing: image.spacing };
-    let (labels, run) = volume::segment(&model.model, volume_ref, support, &opts.segment, &mut callback)?;
-    if labels.len() != n {
-        return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_PANIC, format!("internal error: {} labels for {n} voxels", labels.len())));
-    }
-    drop(voxels);
-    // SAFETY: out_labels is non-null, aligned and holds n elements (caller contract). `labels` is our own
-    // allocation, so the ranges never overlap; the borrowed inputs are no longer used.
-    unsafe { std::ptr::copy_nonoverlapping(labels.as_ptr(), out_labels, n) };
-    if !summary.is_null() {
-        let filled = dspnet_segment_summary_t {
-            struct_size: std::mem::size_of::<dspnet_segment_summary_t>(),
-            slice_axis: run.axis as c_int,
-            modality: match run.modality {
-                volume::normalize::Modality::Ct => DSPNET_MODALITY_CT,
-                volume::normalize::Modality::Mri => DSPNET_MODALITY_MRI,
-            },
-            num_classes: run.classes.len(),
-            slices_processed: run.slices_processed,
-            labelled_voxels: labels.iter().filter(|&&l| l != 0).count(),
-            seconds: run.seconds,
+    // SAFETY: as SegmentCall::new's contract.
+    unsafe { call.run(|support, opts, progress| volume::segment(&model.model, volume_ref, support, opts, progress)) }
+}
+
+/// One segment call's caller buffers and options, checked before any work: support labels in, labels
+/// out, the options and the optional summary.
+pub(crate) struct SegmentCall {
+    support: *const u16,
+    out_labels: *mut u16,
+    n: usize,
+    opts: input::Options,
+    summary: Option<SummaryOut>,
+}
+
+/// The caller's summary struct: its size, and the confidence buffer it offers.
+struct SummaryOut {
+    ptr: *mut dspnet_segment_summary_t,
+    size: usize,
+    confidence: *mut f32,
+    capacity: usize,
+}
+
+impl SegmentCall {
+    /// # Safety
+    /// `support` and `out_labels` are NULL (reported) or hold `n` elements; `options` is NULL or a
+    /// readable struct of its `struct_size`; `summary` is NULL or a writable struct of its `struct_size`
+    /// whose confidence buffer, when given, holds `slice_confidence_capacity` floats.
+    pub(crate) unsafe fn new(
+        support: *const u16,
+        out_labels: *mut u16,
+        options: *const dspnet_segment_options_t,
+        summary: *mut dspnet_segment_summary_t,
+        n: usize,
+    ) -> Result<Self, Failure> {
+        if support.is_null() {
+            return Err(Failure::null("support_labels"));
+        }
+        if out_labels.is_null() {
+            return Err(Failure::null("out_labels"));
+        }
+        input::check_aligned(support, "support_labels")?;
+        input::check_aligned(out_labels, "out_labels")?;
+        // SAFETY: per the function contract.
+        let opts = unsafe { input::read_options(options) }?;
+        let summary = if summary.is_null() {
+            None
+        } else {
+            // SAFETY: non-null; struct_size is its first field.
+            let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
+            let v1 = std::mem::offset_of!(dspnet_segment_summary_t, num_slices);
+            if size < v1 {
+                return Err(Failure::invalid(format!(
+                    "summary->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_summary_t) in ABI version 1); set it to sizeof(dspnet_segment_summary_t)"
+                )));
+            }
+            let covers = |end: usize| size >= end;
+            let (mut confidence, mut capacity) = (std::ptr::null_mut(), 0);
+            if covers(std::mem::offset_of!(dspnet_segment_summary_t, num_suggested)) {
+                // SAFETY: inside the caller's struct_size.
+                confidence = unsafe { std::ptr::addr_of!((*summary).slice_confidence).read() };
+                capacity = unsafe { std::ptr::addr_of!((*summary).slice_confidence_capacity).read() };
+                if !confidence.is_null() {
+                    input::check_aligned(confidence as *const f32, "summary->slice_confidence")?;
+                } else {
+                    capacity = 0;
+                }
+            }
+            Some(SummaryOut { ptr: summary, size, confidence, capacity })
         };
-        // SAFETY: non-null and at least this version's size (checked above); fields after it are left alone.
-        unsafe { summary.write(filled) };
+        Ok(SegmentCall { support, out_labels, n, opts, summary })
     }
-    Ok(())
+
+    /// Run `segment` on the caller's support with the caller's options and progress callback, then write
+    /// the labels (all at once) and the summary. Nothing is written on failure.
+    ///
+    /// # Safety
+    /// As [`new`](Self::new); the buffers are still valid.
+    pub(crate) unsafe fn run(
+        self,
+        segment: impl FnOnce(&[u16], &volume::SegmentOptions, volume::Progress<'_>) -> crate::Result<(Vec<u16>, volume::SegmentSummary)>,
+    ) -> Result<(), Failure> {
+        let opts = &self.opts;
+        // SAFETY: non-null and aligned (checked in new), n elements per the caller contract.
+        let support = unsafe { input::u16_slice(self.support, self.n, "support_labels") }?;
+        let mut callback = |done: usize, total: usize| -> bool {
+            match opts.progress {
+                // SAFETY: the caller's function pointer and user_data, called as documented.
+                Some(f) => (unsafe { f(opts.user_data, done, total) }) == 0,
+                None => true,
+            }
+        };
+        let (labels, run) = segment(support, &opts.segment, &mut callback)?;
+        if labels.len() != self.n {
+            return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_PANIC, format!("internal error: {} labels for {} voxels", labels.len(), self.n)));
+        }
+        // SAFETY: out_labels is non-null, aligned and holds n elements (caller contract). `labels` is our
+        // own allocation, so the ranges never overlap; the borrowed support (which out_labels may alias)
+        // is not used after this point.
+        unsafe { std::ptr::copy_nonoverlapping(labels.as_ptr(), self.out_labels, self.n) };
+        if let Some(out) = self.summary {
+            // SAFETY: per the contract of new.
+            unsafe { write_summary(&out, &run, &labels) };
+        }
+        Ok(())
+    }
+}
+
+/// Fill the caller's summary (the bytes its struct_size covers) and confidence buffer.
+///
+/// # Safety
+/// `out.ptr` is a writable struct of `out.size` bytes; `out.confidence` is NULL or holds `out.capacity`
+/// aligned floats.
+unsafe fn write_summary(out: &SummaryOut, run: &volume::SegmentSummary, labels: &[u16]) {
+    let mut suggested = [0usize; DSPNET_MAX_SUGGESTIONS];
+    for (s, z) in suggested.iter_mut().zip(&run.suggested_slices) {
+        *s = *z;
+    }
+    let filled_size = out.size.min(std::mem::size_of::<dspnet_segment_summary_t>());
+    let filled = dspnet_segment_summary_t {
+        struct_size: filled_size,
+        slice_axis: run.axis as c_int,
+        modality: match run.modality {
+            volume::normalize::Modality::Ct => DSPNET_MODALITY_CT,
+            volume::normalize::Modality::Mri => DSPNET_MODALITY_MRI,
+        },
+        num_classes: run.classes.len(),
+        slices_processed: run.slices_processed,
+        labelled_voxels: labels.iter().filter(|&&l| l != 0).count(),
+        seconds: run.seconds,
+        num_slices: run.slice_confidence.len(),
+        slice_confidence: out.confidence,
+        slice_confidence_capacity: out.capacity,
+        num_suggested: run.suggested_slices.len().min(DSPNET_MAX_SUGGESTIONS),
+        suggested_slices: suggested,
+    };
+    if !out.confidence.is_null() {
+        for (z, c) in run.slice_confidence.iter().take(out.capacity).enumerate() {
+            // SAFETY: z < capacity, the buffer's length per the contract.
+            unsafe { out.confidence.add(z).write(c.unwrap_or(-1.0)) };
+        }
+    }
+    // SAFETY: the caller's struct has `out.size >= filled_size` writable bytes; fields after them are
+    // left alone.
+    unsafe { std::ptr::copy_nonoverlapping(std::ptr::addr_of!(filled) as *const u8, out.ptr as *mut u8, filled_size) };
 }
 
 #[cfg(test)]
@@ -512,7 +628,10 @@ mod tests {
         assert_eq!(size_of::<dspnet_segment_options_t>(), 88);
         assert_eq!(offset_of!(dspnet_segment_options_t, extent_first), 24);
         assert_eq!(offset_of!(dspnet_segment_options_t, progress), 64);
-        assert_eq!(size_of::<dspnet_segment_summary_t>(), 48);
+        // Version 1 of the summary was 48 bytes, ending with seconds; 0.2 appended confidences and suggestions.
+        assert_eq!(offset_of!(dspnet_segment_summary_t, num_slices), 48);
+        assert_eq!(offset_of!(dspnet_segment_summary_t, suggested_slices), 80);
+        assert_eq!(size_of::<dspnet_segment_summary_t>(), 104);
     }
 
     #[test]

@@ -48,6 +48,21 @@ pub struct BenchArgs {
     /// layout changes): medians over the timed runs.
     #[arg(long)]
     breakdown: bool,
+    /// Interactive session benchmark on this image (or `synthetic:NIxNJxNK`, a CT-like phantom): first
+    /// run, a one-slice correction on the least confident slice, the re-run on the same session, and the
+    /// corrected run without a session; seconds, slices encoded, the session's memory and peak RSS.
+    /// Uses the default model unless --weights is given.
+    #[arg(long, help_heading = "Session")]
+    session: Option<String>,
+    /// --session IMAGE: its support labels.
+    #[arg(long, requires = "session", help_heading = "Session")]
+    support: Option<PathBuf>,
+    /// --session IMAGE: ground truth to paint the correction from (default: the first run's prediction).
+    #[arg(long, requires = "session", help_heading = "Session")]
+    truth: Option<PathBuf>,
+    /// --session: the session's feature budget in MB (0 = the library default).
+    #[arg(long, default_value_t = 0, requires = "session", help_heading = "Session")]
+    feature_budget_mb: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -160,6 +175,16 @@ fn test_slice(size: usize, phase: f32) -> Vec<f32> {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(image) = a.session.clone() {
+        let device = device_from_name(Some(&a.device))?;
+        let path = match &a.weights {
+            Some(p) => p.clone(),
+            None => weights::default_model_path()?,
+        };
+        let model = Model::load(&path, &device)?;
+        let b = super::bench_session::SessionBench { image, support: a.support, truth: a.truth, budget_mb: a.feature_budget_mb, json: a.json };
+        return super::bench_session::run(b, &model, &dspnet::volume::SegmentOptions::default());
+    }
     if a.size == 0 || a.size % OUTPUT_STRIDE != 0 || a.slices == 0 {
         return Err(DspnetError::InvalidArgument("--size must be a positive multiple of 8 and --slices positive".into()));
     }

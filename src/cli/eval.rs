@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, Baseline, ClassScore, Method};
+use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, spearman, Baseline, ClassScore, Method};
 use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
 use dspnet::{DspnetError, Result};
 
@@ -122,7 +122,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 score_json(s)
             })
             .collect();
-        println!("{}", serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean }));
+        println!("{}", serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean, "confidence_spearman": confidence_rank(&scores) }));
     } else {
         println!("protocol {protocol}, method {}", method.name());
         println!("{:>6} {:>8} {:>14} {:>10} {:>10} {:>9} {:>8}", "class", "dice", "dice(extent)", "extent", "predicted", "slices", "seconds");
@@ -139,6 +139,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             );
         }
         println!("mean dice {mean:.4}");
+        if let Some(r) = confidence_rank(&scores) {
+            println!("slice confidence vs slice Dice: Spearman {r:.3} (pooled over the scored slices)");
+        }
     }
     Ok(())
 }
@@ -150,7 +153,21 @@ fn score_json(s: &ClassScore) -> serde_json::Value {
         "predicted_extent": s.predicted_extent.map(|(a, b)| [a, b]),
         "extent_error": s.extent_error().map(|(a, b)| [a, b]),
         "slices_processed": s.slices_processed, "seconds": s.seconds,
+        "confidence_spearman": confidence_rank(std::slice::from_ref(s)),
+        "slice_scores": s.slice_scores.iter().map(|(z, c, d)| serde_json::json!({"slice": z, "confidence": c, "dice": d})).collect::<Vec<_>>(),
     })
+}
+
+/// Spearman correlation of slice confidence with slice Dice, pooled over the classes' scored slices.
+fn confidence_rank(scores: &[ClassScore]) -> Option<f64> {
+    let pairs: Vec<(f64, f64)> = scores.iter().flat_map(|s| s.slice_scores.iter().map(|&(_, c, d)| (c as f64, d))).collect();
+    spearman(&pairs)
+}
+
+/// Mean over the classes of each class's own confidence/Dice rank correlation (classes with one defined).
+fn mean_class_rank(scores: &[ClassScore]) -> Option<f64> {
+    let r: Vec<f64> = scores.iter().filter_map(|s| confidence_rank(std::slice::from_ref(s))).collect();
+    (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
 }
 
 /// Ends (first and last slice) predicted within this many slices of the truth count as found.
@@ -166,6 +183,9 @@ struct MethodSummary {
     ends_within: f64,
     slices: usize,
     seconds: f64,
+    /// Slice confidence against slice Dice: pooled, and the mean of the per-class correlations.
+    confidence_rank: Option<f64>,
+    confidence_rank_mean: Option<f64>,
 }
 
 fn summarise(name: &'static str, scores: &[ClassScore]) -> MethodSummary {
@@ -185,6 +205,8 @@ fn summarise(name: &'static str, scores: &[ClassScore]) -> MethodSummary {
         ends_within: ends as f64 / (2.0 * n),
         slices: scores.iter().map(|s| s.slices_processed).sum(),
         seconds: scores.iter().map(|s| s.seconds).sum(),
+        confidence_rank: confidence_rank(scores),
+        confidence_rank_mean: mean_class_rank(scores),
     }
 }
 
@@ -216,6 +238,7 @@ fn compare(a: EvalArgs) -> Result<()> {
                     "mean_dice": m.mean, "median_dice": m.median,
                     "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
                     "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
+                    "confidence_spearman": m.confidence_rank, "confidence_spearman_mean_per_class": m.confidence_rank_mean,
                 });
                 (name.to_string(), v)
             })
@@ -259,6 +282,14 @@ fn compare(a: EvalArgs) -> Result<()> {
             100.0 * m.ends_within,
             m.slices,
             m.seconds
+        );
+    }
+    for m in summaries.iter().filter(|m| m.confidence_rank.is_some()) {
+        println!(
+            "{:>12}: slice confidence vs slice Dice, Spearman {:.3} pooled, {} mean per class",
+            m.name,
+            m.confidence_rank.unwrap_or(f64::NAN),
+            m.confidence_rank_mean.map_or("-".into(), |r| format!("{r:.3}"))
         );
     }
     println!("(seconds: features are encoded once and shared, so the first method pays for the encoding of the slices it visits)");

@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per job, each in its own file.
 
 mod bench;
+mod bench_session;
 mod eval;
 mod preview;
 mod segment;

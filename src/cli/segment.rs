@@ -171,6 +171,11 @@ pub struct SegmentArgs {
     /// No progress bar and no summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Print what the run did as one JSON object on stdout: axis, modality, classes, slices scored,
+    /// voxels per class, seconds, the confidence of every slice (null where not scored) and the slices
+    /// to check next.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Read the image and its support labels and check that they share a grid.
@@ -228,7 +233,18 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         let slices = super::preview::pick_slices(&out.data, img.geometry.dims, summary.axis, &supports);
         super::preview::write_montage(p, &img.data, &out.data, img.geometry.dims, img.geometry.spacing, summary.axis, &slices)?;
     }
+    if a.json {
+        println!("{}", summary_json(&summary));
+    }
     if !a.quiet {
+        if !summary.suggested_slices.is_empty() {
+            let list: Vec<String> = summary
+                .suggested_slices
+                .iter()
+                .map(|&z| format!("{z} ({:.2})", summary.slice_confidence[z].unwrap_or(0.0)))
+                .collect();
+            eprintln!("least confident slices along {} (check or paint next): {}", ["i", "j", "k"][summary.axis], list.join(", "));
+        }
         let voxels: Vec<String> = summary.voxels_per_class.iter().map(|(c, v)| format!("{c}: {v}")).collect();
         eprintln!(
             "segmented classes {:?} along {} ({:?}): {} slices processed, voxels per class {{{}}}, {:.1} s -> {}",
@@ -242,6 +258,21 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The JSON form of a run's summary (`dspnet segment --json`).
+pub fn summary_json(s: &volume::SegmentSummary) -> serde_json::Value {
+    serde_json::json!({
+        "slice_axis": s.axis,
+        "modality": format!("{:?}", s.modality).to_lowercase(),
+        "classes": s.classes,
+        "support_slices": s.support_slices.iter().map(|(c, z)| (c.to_string(), serde_json::json!(z))).collect::<serde_json::Map<_, _>>(),
+        "slices_processed": s.slices_processed,
+        "voxels_per_class": s.voxels_per_class.iter().map(|(c, v)| (c.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "seconds": s.seconds,
+        "slice_confidence": s.slice_confidence,
+        "suggested_slices": s.suggested_slices,
+    })
 }
 
 /// Refuse volumes whose working set clearly exceeds what a workstation can hold, before allocating it:

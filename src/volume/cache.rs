@@ -1,10 +1,12 @@
-//! Whole-slice features kept for reuse: across the classes of one run, and across runs on one image.
+//! Whole-slice features kept for reuse: across the classes of one run, and across runs on one image
+//! (an interactive session, an evaluation comparing methods).
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use super::options::{ModalityChoice, SegmentOptions, VolumeRef};
+use super::normalize::Modality;
+use super::options::{SegmentOptions, VolumeRef};
 use crate::model::Model;
 use crate::Result;
 
@@ -26,16 +28,52 @@ pub(crate) fn batch_size(model: &Model, opts: &SegmentOptions) -> usize {
     }
 }
 
-/// Whole-slice features of one image, kept between [`segment_cached`] runs on that same image (e.g. an
-/// evaluation that segments one class at a time from different support slices). Entries are tied to the
-/// model, image buffer and axis they were computed for; any other run clears them.
+/// The canvas a slice was encoded on: features of one slice differ by slice axis and by intensity recipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Canvas {
+    axis: usize,
+    modality: Modality,
+}
+
+struct Entry {
+    features: Tensor,
+    bytes: usize,
+    /// Logical clock of the last use (least recently used goes first).
+    used: u64,
+}
+
+/// What a cache holds and has done, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Slices whose features are held now.
+    pub slices: usize,
+    /// Bytes those features take.
+    pub bytes: usize,
+    /// Slices encoded by the backbone since the cache was made (misses).
+    pub encoded: usize,
+    /// Slices served from the cache (hits).
+    pub reused: usize,
+    /// Entries dropped to stay within the budget.
+    pub evicted: usize,
+}
+
+/// Whole-slice features of one image, kept between [`segment_cached`](super::segment_cached) runs on that
+/// same image. Entries are tied to the model and image buffer they were computed for (any other pair
+/// clears them) and keyed by slice axis and intensity recipe, so runs along different axes share the
+/// cache. With a byte budget the least recently used slices are dropped once it is exceeded.
 #[derive(Default)]
 pub struct FeatureCache {
-    key: Option<(usize, usize, usize, usize, ModalityChoice)>,
-    features: HashMap<usize, Tensor>,
+    key: Option<(usize, usize, usize)>,
+    entries: HashMap<(Canvas, usize), Entry>,
+    clock: u64,
+    /// None: unbounded.
+    budget: Option<usize>,
+    stats: CacheStats,
     /// Not reused after this run: query slices are kept only while a later class may still score them
     /// (1 MB per slice adds up to a second volume).
     transient: bool,
+    /// The canvas of the current run.
+    canvas: Option<Canvas>,
 }
 
 impl FeatureCache {
@@ -44,15 +82,59 @@ impl FeatureCache {
         FeatureCache { transient: true, ..FeatureCache::default() }
     }
 
+    /// A cache that keeps every slice it encodes while their features fit in `bytes`, dropping the least
+    /// recently used beyond (the slice in use is never dropped, so one slice may exceed the budget).
+    pub fn with_budget(bytes: usize) -> Self {
+        FeatureCache { budget: Some(bytes), ..FeatureCache::default() }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { slices: self.entries.len(), bytes: self.entries.values().map(|e| e.bytes).sum(), ..self.stats }
+    }
+
+    /// Drop every held slice (the counters stay).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     pub(crate) fn is_transient(&self) -> bool {
         self.transient
     }
 
-    pub(crate) fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: ModalityChoice) {
-        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len(), axis, modality);
+    pub(crate) fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: Modality) {
+        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len());
         if self.key != Some(key) {
-            self.features.clear();
+            self.entries.clear();
             self.key = Some(key);
+        }
+        self.canvas = Some(Canvas { axis, modality });
+    }
+
+    fn lookup(&mut self, z: usize) -> Option<Tensor> {
+        let canvas = self.canvas?;
+        self.clock += 1;
+        let e = self.entries.get_mut(&(canvas, z))?;
+        e.used = self.clock;
+        self.stats.reused += 1;
+        Some(e.features.clone())
+    }
+
+    fn contains(&self, z: usize) -> bool {
+        self.canvas.is_some_and(|c| self.entries.contains_key(&(c, z)))
+    }
+
+    fn insert(&mut self, z: usize, features: Tensor) {
+        let Some(canvas) = self.canvas else { return };
+        self.clock += 1;
+        let bytes = features.elem_count() * features.dtype().size_in_bytes();
+        self.entries.insert((canvas, z), Entry { features, bytes, used: self.clock });
+        if let Some(budget) = self.budget {
+            let mut held: usize = self.entries.values().map(|e| e.bytes).sum();
+            while held > budget && self.entries.len() > 1 {
+                let oldest = *self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k).expect("non-empty");
+                held -= self.entries.remove(&oldest).map_or(0, |e| e.bytes);
+                self.stats.evicted += 1;
+            }
         }
     }
 }
@@ -71,21 +153,72 @@ impl<'c> SliceFeatures<'c> {
     }
 
     pub(crate) fn has(&self, z: usize) -> bool {
-        self.cache.features.contains_key(&z) || self.ahead.contains_key(&z)
+        self.cache.contains(z) || self.ahead.contains_key(&z)
+    }
+
+    /// Slices encoded ahead in a batch count as encoded.
+    pub(crate) fn encoded_ahead(&mut self, n: usize) {
+        self.cache.stats.encoded += n;
     }
 
     /// Features of slice `z`; support slices stay cached (few, and shared by the classes).
     pub(crate) fn get(&mut self, z: usize, is_query: bool, encode: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
-        if let Some(t) = self.cache.features.get(&z) {
-            return Ok(t.clone());
+        if let Some(t) = self.cache.lookup(z) {
+            return Ok(t);
         }
         let t = match self.ahead.remove(&z) {
             Some(t) => t,
-            None => encode()?,
+            None => {
+                self.cache.stats.encoded += 1;
+                encode()?
+            }
         };
         if !is_query || self.keep_queries {
-            self.cache.features.insert(z, t.clone());
+            self.cache.insert(z, t.clone());
         }
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn cache_on_canvas(budget: usize) -> FeatureCache {
+        let mut c = FeatureCache::with_budget(budget);
+        c.key = Some((1, 2, 3));
+        c.canvas = Some(Canvas { axis: 2, modality: Modality::Ct });
+        c
+    }
+
+    fn slice() -> Tensor {
+        Tensor::zeros((4, 8, 8), DType::F32, &Device::Cpu).unwrap() // 1 KiB
+    }
+
+    #[test]
+    fn budget_drops_the_least_recently_used_slice() {
+        let mut c = cache_on_canvas(3 << 10);
+        for z in 0..3 {
+            c.insert(z, slice());
+        }
+        assert!(c.lookup(0).is_some()); // 0 is now the most recent, 1 the least
+        c.insert(3, slice());
+        assert!(c.contains(0) && !c.contains(1) && c.contains(2) && c.contains(3));
+        let s = c.stats();
+        assert_eq!((s.slices, s.bytes, s.evicted, s.reused), (3, 3 << 10, 1, 1));
+    }
+
+    #[test]
+    fn canvases_are_separate_and_one_slice_always_fits() {
+        let mut c = cache_on_canvas(100);
+        c.insert(5, slice());
+        assert_eq!(c.stats().slices, 1, "the slice in use stays even above the budget");
+        c.canvas = Some(Canvas { axis: 0, modality: Modality::Ct });
+        assert!(!c.contains(5));
+        c.canvas = Some(Canvas { axis: 2, modality: Modality::Mri });
+        assert!(!c.contains(5));
+        c.canvas = Some(Canvas { axis: 2, modality: Modality::Ct });
+        assert!(c.contains(5));
     }
 }

@@ -87,6 +87,38 @@ pub fn dice(pairs: impl Iterator<Item = (bool, bool)>) -> f64 {
     if tp + fp + fn_ == 0 { 1.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 }
 }
 
+/// Spearman's rank correlation of the pairs (ties get their mean rank); None below 3 pairs or when
+/// either side is constant.
+pub fn spearman(pairs: &[(f64, f64)]) -> Option<f64> {
+    if pairs.len() < 3 {
+        return None;
+    }
+    let ranks = |values: Vec<f64>| {
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+        let mut r = vec![0f64; values.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+                j += 1;
+            }
+            for &k in &order[i..=j] {
+                r[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        r
+    };
+    let a = ranks(pairs.iter().map(|p| p.0).collect());
+    let b = ranks(pairs.iter().map(|p| p.1).collect());
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let (va, vb): (f64, f64) = (a.iter().map(|x| (x - ma).powi(2)).sum(), b.iter().map(|y| (y - mb).powi(2)).sum());
+    (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
+}
+
 /// Result for one class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClassScore {
@@ -103,6 +135,9 @@ pub struct ClassScore {
     /// First and last slice along the axis where the prediction has this class (None: nowhere).
     pub predicted_extent: Option<(usize, usize)>,
     pub seconds: f64,
+    /// The model under one-slice: (slice, confidence, 2D Dice) of every scored slice where the prediction
+    /// or the truth is non-empty (both empty: nothing to rank).
+    pub slice_scores: Vec<(usize, f32, f64)>,
 }
 
 impl ClassScore {
@@ -176,6 +211,7 @@ pub fn evaluate_one_slice_cached(
             .filter(|&z| slice_indices(dims, axis, z).any(|v| gt[v] == label))
             .min_by_key(|&z| (z.abs_diff(mid), z))
             .unwrap_or(mid);
+        let mut slice_confidence = Vec::new();
         let (pred, slices_processed) = match method {
             Method::Dspnet(model) => {
                 let mut support = vec![0u16; gt.len()];
@@ -186,7 +222,8 @@ pub fn evaluate_one_slice_cached(
                 }
                 let o = SegmentOptions { axis: AxisChoice::Fixed(axis), classes: Some(vec![label]), ..opts.clone() };
                 let (pred, summary) = super::segment_cached(model, image, &support, &o, &mut |_, _| true, cache)?;
-                (pred.iter().map(|&p| p == label).collect(), summary.slices_processed)
+                slice_confidence = summary.slice_confidence;
+                (pred.iter().map(|&p| p == label).collect::<Vec<bool>>(), summary.slices_processed)
             }
             Method::Naive(b) => naive_one_slice(b, image, gt, axis, z, label, opts)?,
         };
@@ -198,6 +235,13 @@ pub fn evaluate_one_slice_cached(
         }
         let inside = dice((lo..=hi).flat_map(|z| slice_indices(dims, axis, z)).map(|v| (pred[v], gt[v] == label)));
         let predicted: Vec<usize> = (0..dims[axis]).filter(|&q| slice_indices(dims, axis, q).any(|v| pred[v])).collect();
+        let slice_scores = slice_confidence
+            .iter()
+            .enumerate()
+            .filter_map(|(q, c)| c.map(|c| (q, c)))
+            .filter(|&(q, _)| slice_indices(dims, axis, q).any(|v| pred[v] || gt[v] == label))
+            .map(|(q, c)| (q, c, dice(slice_indices(dims, axis, q).map(|v| (pred[v], gt[v] == label)))))
+            .collect();
         out.push(ClassScore {
             label,
             dice: whole,
@@ -207,6 +251,7 @@ pub fn evaluate_one_slice_cached(
             slices_processed,
             predicted_extent: predicted.first().map(|&a| (a, *predicted.last().unwrap())),
             seconds: t0.elapsed().as_secs_f64(),
+            slice_scores,
         });
     }
     Ok((out, overlay))
@@ -306,6 +351,7 @@ pub fn evaluate_alpnet(
             slices_processed: hi - lo + 1,
             predicted_extent: None,
             seconds: t0.elapsed().as_secs_f64(),
+            slice_scores: Vec::new(),
         });
     }
     Ok(out)
@@ -411,6 +457,17 @@ fn naive_alpnet(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spearman_ranks_with_ties() {
+        assert!((spearman(&[(1.0, 10.0), (2.0, 20.0), (3.0, 15.0), (4.0, 40.0)]).unwrap() - 0.8).abs() < 1e-12);
+        assert!((spearman(&[(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(spearman(&[(1.0, 1.0), (2.0, 1.0), (3.0, 1.0)]), None);
+        assert_eq!(spearman(&[(1.0, 1.0), (2.0, 2.0)]), None);
+        // Ties share their mean rank: ranks (0.5, 0.5, 2) against (0, 1, 2).
+        let r = spearman(&[(1.0, 1.0), (1.0, 2.0), (2.0, 3.0)]).unwrap();
+        assert!((r - 0.866_025_403_784_438_6).abs() < 1e-12, "{r}");
+    }
 
     #[test]
     fn dice_counts() {

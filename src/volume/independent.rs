@@ -7,13 +7,13 @@ use super::cache::{batch_size, FeatureCache, SliceFeatures};
 use super::options::{ExtentMode, FovMode};
 use super::prepared::{bounding_box, touches_border};
 use super::slicing::slice_indices;
-use super::{nearest, ClassOutcome, ClassPass, Ticker};
+use super::{nearest, self_margin, ClassOutcome, ClassPass, Ticker};
 use crate::model::prototypes::SupportEpisode;
 use crate::Result;
 
 /// Score the class's query slices into `fg` (see [`ClassOutcome`]).
 pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut FeatureCache, keep_queries: bool, ticker: &mut Ticker<'_>) -> Result<ClassOutcome> {
-    let mut scorer = Scorer { pass, feats: SliceFeatures::new(cache, keep_queries), episodes: HashMap::new(), fg, scored: 0 };
+    let mut scorer = Scorer { pass, feats: SliceFeatures::new(cache, keep_queries), episodes: HashMap::new(), fg, scored: 0, presence: Vec::new() };
     let vol = pass.vol;
     let painted = pass.painted;
     let (lo, hi) = (painted[0], painted[painted.len() - 1]);
@@ -29,6 +29,7 @@ pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut Feature
                 // The next slices to encode are known: encode them together.
                 if batch > 1 && pass.opts.fov == FovMode::Slice && !scorer.feats.has(z) {
                     let next: Vec<usize> = order[i..].iter().copied().filter(|&q| !scorer.feats.has(q)).take(batch).collect();
+                    scorer.feats.encoded_ahead(next.len());
                     for (q, f) in next.iter().zip(vol.encode_batch(pass.model, &next, &whole)?) {
                         scorer.feats.ahead.insert(*q, f);
                     }
@@ -75,17 +76,20 @@ pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut Feature
             ticker.skip(outside - visited)?;
         }
     }
-    Ok(ClassOutcome { fg: scorer.fg, scored: scorer.scored, presence: Vec::new() })
+    Ok(ClassOutcome { fg: scorer.fg, scored: scorer.scored, presence: scorer.presence })
 }
 
 /// Scores query slices against the nearest painted slice, building each painted slice's episode once.
 struct Scorer<'s, 'p, 'v, 'c> {
     pass: &'s ClassPass<'p, 'v>,
     feats: SliceFeatures<'c>,
-    /// Episodes keyed by (painted slice, window growth step), with the window they were built in.
-    episodes: HashMap<(usize, u32), (SupportEpisode, Option<[f64; 4]>)>,
+    /// Episodes keyed by (painted slice, window growth step), with the window they were built in and the
+    /// painted slice's own margin under it.
+    episodes: HashMap<(usize, u32), (SupportEpisode, Option<[f64; 4]>, f32)>,
     fg: Vec<f32>,
     scored: usize,
+    /// (slice, presence) of every scored slice, as memory propagation measures it.
+    presence: Vec<(usize, f32)>,
 }
 
 impl Scorer<'_, '_, '_, '_> {
@@ -115,9 +119,12 @@ impl Scorer<'_, '_, '_, '_> {
                     Some(_) => vol.encode(model, s, &frame)?,
                 };
                 let episode = vol.episode(&features, pass.support, s, pass.label, &frame, &opts.head)?;
-                self.episodes.insert((s, growth), (episode, window));
+                let own = vol.score(&episode, &features, &frame)?;
+                let margin = self_margin(&pass.painted_mask(s), &own);
+                self.episodes.insert((s, growth), (episode, window, margin));
             }
-            let (episode, painted_window) = &self.episodes[&(s, growth)];
+            let (episode, painted_window, own_margin) = &self.episodes[&(s, growth)];
+            let own_margin = *own_margin;
             // Same window size as the painted slice's (same scale), centred on the followed structure.
             let window = painted_window.map(|w| match follow {
                 None => w,
@@ -137,14 +144,17 @@ impl Scorer<'_, '_, '_, '_> {
                     continue;
                 }
             }
-            let mut area = 0;
+            let (mut area, mut margin_sum) = (0, 0f32);
             for ((v, f), b) in slice_indices(vol.dims, vol.axis, z).zip(&logits.fg).zip(&logits.bg) {
                 if f > b {
                     self.fg[v] = *f;
                     area += 1;
+                    margin_sum += f - b;
                 }
             }
             self.scored += 1;
+            let presence = if area > 0 { margin_sum / area as f32 / own_margin } else { f32::NEG_INFINITY };
+            self.presence.push((z, presence));
             return Ok((area, bbox));
         }
     }

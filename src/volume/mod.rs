@@ -17,12 +17,14 @@
 pub mod axis;
 pub mod cache;
 pub mod components;
+pub mod confidence;
 pub mod eval;
 pub mod independent;
 pub mod normalize;
 pub mod options;
 pub mod prepared;
 pub mod propagate;
+pub mod session;
 pub mod slicing;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,12 +35,13 @@ use crate::{DspnetError, Result};
 use slicing::slice_indices;
 
 pub use axis::{choose_axis, labelled_slice_counts};
-pub use cache::FeatureCache;
+pub use cache::{CacheStats, FeatureCache};
 pub use options::{
     AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Progress, Propagation, SegmentOptions, SegmentSummary,
     VolumeRef,
 };
 pub use prepared::{PreparedVolume, SliceLogits, CANVAS};
+pub use session::Session;
 
 /// Checked product of dims.
 pub fn voxel_count(dims: [usize; 3]) -> Result<usize> {
@@ -197,7 +200,7 @@ pub fn segment_cached(
     ticker.report()?;
 
     // Whole-slice features are shared by all classes.
-    cache.bind(model, &image, axis, opts.modality);
+    cache.bind(model, &image, axis, vol.modality);
     // The per-class score volumes are the big allocations: refuse cleanly rather than abort the host.
     let mut class_fg: Vec<Vec<f32>> = Vec::new();
     class_fg.try_reserve_exact(classes.len()).map_err(|_| oom(n, classes.len()))?;
@@ -222,9 +225,7 @@ pub fn segment_cached(
             Propagation::Memory => propagate::segment_class(&pass, fg, cache, keep_queries, &mut ticker)?,
         };
         processed += outcome.scored;
-        if opts.propagation == Propagation::Memory {
-            presence.insert(label, std::mem::take(&mut outcome.presence));
-        }
+        presence.insert(label, std::mem::take(&mut outcome.presence));
         if opts.components == ComponentsMode::Support {
             let mask: Vec<bool> = outcome.fg.iter().map(|&f| f > f32::NEG_INFINITY).collect();
             let seeds = (0..n).filter(|&v| support[v] == label);
@@ -251,6 +252,10 @@ pub fn segment_cached(
             *c += 1;
         }
     }
+    let slice_confidence = confidence::slice_confidence(n_slices, &presence);
+    let labelled: Vec<bool> = (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| out[v] != 0 && classes.contains(&out[v]))).collect();
+    let painted: Vec<usize> = (0..n_slices).filter(|&z| any_label_slice[z]).collect();
+    let suggested_slices = confidence::suggest_slices(&slice_confidence, &labelled, &painted);
     let summary = SegmentSummary {
         axis,
         modality: vol.modality,
@@ -259,6 +264,8 @@ pub fn segment_cached(
         slices_processed: processed,
         voxels_per_class,
         presence,
+        slice_confidence,
+        suggested_slices,
         seconds: t0.elapsed().as_secs_f64(),
     };
     Ok((out, summary))
@@ -286,6 +293,16 @@ fn oom(voxels: usize, classes: usize) -> DspnetError {
         "cannot allocate the score volumes for {classes} class(es) of {voxels} voxels ({} MB each)",
         voxels * 4 >> 20
     ))
+}
+
+/// The mean margin (foreground minus background logit) of a painted slice's own mask under its own
+/// episode: the scale presence scores are measured in. A painted slice the model cannot even recognise
+/// itself falls back to one logit unit.
+pub(crate) fn self_margin(mask: &[bool], own: &SliceLogits) -> f32 {
+    let area = mask.iter().filter(|&&m| m).count();
+    let sum: f32 = mask.iter().zip(own.fg.iter().zip(&own.bg)).filter(|(&m, _)| m).map(|(_, (f, b))| f - b).sum();
+    let m = sum / area.max(1) as f32;
+    if m.is_finite() && m > 0.0 { m } else { 1.0 }
 }
 
 /// The painted slice nearest to `z` (ties: the lower index). `painted` is sorted and non-empty.

@@ -4,7 +4,7 @@ use crate::model::config::InputNormalization;
 use crate::{DspnetError, Result};
 
 /// Imaging modality, for the official recipe (which normalises CT and MRI differently).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Modality {
     Ct,
     Mri,

@@ -180,10 +180,16 @@ pub struct SegmentSummary {
     pub slices_processed: usize,
     /// Output voxels per class.
     pub voxels_per_class: BTreeMap<u16, usize>,
-    /// Memory propagation: per class, every scored slice with its presence score (the fraction of the
-    /// painted slice's own margin; accepted at `MemoryOptions::presence_threshold` and above), in the
-    /// order scored. Empty under independent propagation.
+    /// Per class, every scored slice with its presence score (the mean foreground margin of its
+    /// prediction as a fraction of the painted slice's own; memory propagation accepts a slice at
+    /// `MemoryOptions::presence_threshold` and above), in the order scored.
     pub presence: BTreeMap<u16, Vec<(usize, f32)>>,
+    /// Per slice along the axis: confidence in [0, 1] of the scored slices (None: not scored); see
+    /// [`confidence`](super::confidence).
+    pub slice_confidence: Vec<Option<f32>>,
+    /// Slices to check or paint next, least confident first (at most
+    /// [`MAX_SUGGESTIONS`](super::confidence::MAX_SUGGESTIONS)).
+    pub suggested_slices: Vec<usize>,
     pub seconds: f64,
 }
 

@@ -17,7 +17,7 @@ use super::cache::{FeatureCache, SliceFeatures};
 use super::options::{ExtentMode, FovMode, MemoryOptions};
 use super::prepared::{bounding_box, SliceLogits};
 use super::slicing::{slice_indices, CanvasFrame};
-use super::{nearest, ClassOutcome, ClassPass, Ticker};
+use super::{nearest, self_margin, ClassOutcome, ClassPass, Ticker};
 use crate::model::prototypes::{HeadOptions, SupportEpisode};
 use crate::{DspnetError, Result};
 
@@ -69,10 +69,7 @@ impl Anchor {
         let episode = vol.episode(&features, pass.support, s, pass.label, &frame, &pass.opts.head)?;
         let own = vol.score(&episode, &features, &frame)?;
         let area = mask.iter().filter(|&&m| m).count();
-        let margin_sum: f32 = mask.iter().zip(own.fg.iter().zip(&own.bg)).filter(|(&m, _)| m).map(|(_, (f, b))| f - b).sum();
-        let self_margin = margin_sum / area.max(1) as f32;
-        // A painted slice the model cannot even recognise itself: fall back to one logit unit as the scale.
-        let self_margin = if self_margin.is_finite() && self_margin > 0.0 { self_margin } else { 1.0 };
+        let self_margin = self_margin(&mask, &own);
         Ok(Anchor { slice: s, episode, window, mask, area, self_margin })
     }
 }

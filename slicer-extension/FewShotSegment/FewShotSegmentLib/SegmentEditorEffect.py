@@ -141,6 +141,16 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.statusLabel.setWordWrap(True)
         self.statusLabel.setTextInteractionFlags(qt.Qt.TextSelectableByMouse)
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self.suggestionButton = qt.QPushButton("Show the least confident slice")
+        self.suggestionButton.setToolTip("Move the slice views to the slices the model is least sure of (inside the "
+                                         "result, away from the painted slices); each click shows the next one. "
+                                         "Correct the result there and press Update: the run reuses the slices "
+                                         "already encoded and takes seconds.")
+        self.suggestionButton.setVisible(False)
+        self.scriptedEffect.addOptionsWidget(self.suggestionButton)
+        self.suggestions = None  # (volume node ID, slice axis, [slices]) of the last preview
+        self.suggestionIndex = 0
+        self.suggestionButton.connect("clicked()", self.onShowSuggestion)
 
         self.stopButton.connect("clicked()", self.onStop)
         self.sliceViewComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
@@ -313,13 +323,36 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             else:
                 self._showPreview(task.job)
                 s = task.job.summary
+                suggested = list(getattr(s, "suggested_slices", None) or [])
+                self.suggestions = (task.job.volumeNodeId, s.slice_axis, suggested) if suggested else None
+                self.suggestionIndex = 0
+                self.suggestionButton.setVisible(bool(suggested))
+                check = (f" Least confident slices: {', '.join(str(z) for z in suggested)}." if suggested else "")
+                reused = " (slices reused from the previous run)" if task.job.reusedSession else ""
                 self._setStatus(f"Preview of {', '.join(task.job.segmentNames)}: {s.slices_processed} slices along "
-                                f"{AXIS_NAMES[s.slice_axis] if s.slice_axis in (0, 1, 2) else '?'} in {task.seconds:.1f} s. "
-                                "Apply to keep it, Cancel to discard it.")
+                                f"{AXIS_NAMES[s.slice_axis] if s.slice_axis in (0, 1, 2) else '?'} in {task.seconds:.1f} s"
+                                f"{reused}.{check} Apply to keep it, Cancel to discard it.")
         except Exception as e:
             self._reportError(e)
         finally:
             self.updateGUIFromMRML()
+
+    def onShowSuggestion(self):
+        """Move every slice view to the next suggested slice of the last preview."""
+        if not self.suggestions:
+            return
+        volumeNodeId, axis, slices = self.suggestions
+        volumeNode = slicer.mrmlScene.GetNodeByID(volumeNodeId)
+        if volumeNode is None or axis not in (0, 1, 2):
+            self.suggestionButton.setVisible(False)
+            return
+        z = slices[self.suggestionIndex % len(slices)]
+        self.suggestionIndex += 1
+        ras = FewShotSegmentLogic.sliceCenterRAS(volumeNode, axis, z)
+        for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
+            sliceNode.JumpSliceByOffsetting(*ras)
+        self.suggestionButton.setText(f"Show the least confident slice (now {AXIS_NAMES[axis]} = {z}; "
+                                      f"{self.suggestionIndex % len(slices) + 1} of {len(slices)} next)")
 
     def onStop(self):
         if self.task is not None:

@@ -39,7 +39,7 @@ __all__ = [
     "DspnetError", "NullArgumentError", "InvalidArgumentError", "ShapeError", "NonFiniteError",
     "NoSupportError", "DspnetIOError", "ModelFormatError", "VolumeFormatError", "BackendUnavailableError",
     "DspnetOutOfMemoryError", "CancelledError", "BackendError", "PanicError", "LibraryNotFoundError",
-    "Library", "load_library", "library_candidates", "Model", "Summary", "segment",
+    "BusyError", "Library", "load_library", "library_candidates", "Model", "Session", "Summary", "segment",
 ]
 
 #: The ABI major version this binding was written for (``DSPNET_ABI_VERSION`` of include/dspnet.h).
@@ -60,6 +60,9 @@ DSPNET_ERROR_OUT_OF_MEMORY = 10
 DSPNET_ERROR_CANCELLED = 11
 DSPNET_ERROR_BACKEND = 12
 DSPNET_ERROR_PANIC = 13
+DSPNET_ERROR_BUSY = 14
+#: At most this many slices are suggested (``DSPNET_MAX_SUGGESTIONS``).
+MAX_SUGGESTIONS = 3
 
 # DSPNET_DTYPE_*
 _DTYPES = {
@@ -155,6 +158,11 @@ class PanicError(DspnetError):
     status = DSPNET_ERROR_PANIC
 
 
+class BusyError(DspnetError):
+    """The session is already segmenting (another thread, or its own progress callback)."""
+    status = DSPNET_ERROR_BUSY
+
+
 class LibraryNotFoundError(ImportError):
     """libdspnet could not be loaded, or its ABI does not match this binding."""
 
@@ -162,13 +170,13 @@ class LibraryNotFoundError(ImportError):
 _ERROR_CLASSES = {cls.status: cls for cls in (
     NullArgumentError, InvalidArgumentError, ShapeError, NonFiniteError, NoSupportError, DspnetIOError,
     ModelFormatError, VolumeFormatError, BackendUnavailableError, DspnetOutOfMemoryError, CancelledError,
-    BackendError, PanicError)}
+    BackendError, PanicError, BusyError)}
 _STATUS_NAMES = {
     0: "DSPNET_OK", 1: "DSPNET_ERROR_NULL_ARGUMENT", 2: "DSPNET_ERROR_INVALID_ARGUMENT", 3: "DSPNET_ERROR_SHAPE",
     4: "DSPNET_ERROR_NON_FINITE", 5: "DSPNET_ERROR_NO_SUPPORT", 6: "DSPNET_ERROR_IO",
     7: "DSPNET_ERROR_MODEL_FORMAT", 8: "DSPNET_ERROR_VOLUME_FORMAT", 9: "DSPNET_ERROR_BACKEND_UNAVAILABLE",
     10: "DSPNET_ERROR_OUT_OF_MEMORY", 11: "DSPNET_ERROR_CANCELLED", 12: "DSPNET_ERROR_BACKEND",
-    13: "DSPNET_ERROR_PANIC",
+    13: "DSPNET_ERROR_PANIC", 14: "DSPNET_ERROR_BUSY",
 }
 
 
@@ -216,6 +224,35 @@ class dspnet_segment_summary_t(ctypes.Structure):
         ("slices_processed", ctypes.c_size_t),
         ("labelled_voxels", ctypes.c_size_t),
         ("seconds", ctypes.c_double),
+        # Appended in 0.2: an older library fills only up to seconds (and says so in struct_size).
+        ("num_slices", ctypes.c_size_t),
+        ("slice_confidence", ctypes.POINTER(ctypes.c_float)),
+        ("slice_confidence_capacity", ctypes.c_size_t),
+        ("num_suggested", ctypes.c_size_t),
+        ("suggested_slices", ctypes.c_size_t * MAX_SUGGESTIONS),
+    ]
+
+#: Bytes of the summary's first version (up to and including ``seconds``).
+_SUMMARY_V1_SIZE = dspnet_segment_summary_t.num_slices.offset
+
+
+class dspnet_session_options_t(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("feature_budget_bytes", ctypes.c_size_t),
+    ]
+
+
+class dspnet_session_info_t(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("dims", ctypes.c_size_t * 3),
+        ("feature_budget_bytes", ctypes.c_size_t),
+        ("cached_slices", ctypes.c_size_t),
+        ("cached_bytes", ctypes.c_size_t),
+        ("image_bytes", ctypes.c_size_t),
+        ("slices_encoded", ctypes.c_size_t),
+        ("slices_reused", ctypes.c_size_t),
     ]
 
 
@@ -307,10 +344,29 @@ class Library:
         if hasattr(lib, "dspnet_model_device"):
             lib.dspnet_model_device.restype = ctypes.c_char_p
             lib.dspnet_model_device.argtypes = [ctypes.c_void_p]
+        if hasattr(lib, "dspnet_session_create"):  # 0.2
+            lib.dspnet_session_options_init.restype = None
+            lib.dspnet_session_options_init.argtypes = [ctypes.POINTER(dspnet_session_options_t)]
+            lib.dspnet_session_create.restype = ctypes.c_int
+            lib.dspnet_session_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(dspnet_volume_t),
+                                                  ctypes.POINTER(dspnet_session_options_t),
+                                                  ctypes.POINTER(ctypes.c_void_p)]
+            lib.dspnet_session_segment_with_summary.restype = ctypes.c_int
+            lib.dspnet_session_segment_with_summary.argtypes = [
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(dspnet_segment_options_t),
+                ctypes.POINTER(dspnet_segment_summary_t)]
+            lib.dspnet_session_info.restype = ctypes.c_int
+            lib.dspnet_session_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(dspnet_session_info_t)]
+            lib.dspnet_session_free.restype = None
+            lib.dspnet_session_free.argtypes = [ctypes.c_void_p]
 
     @property
     def has_summary(self):
         return hasattr(self._cdll, "dspnet_segment_with_summary")
+
+    @property
+    def has_sessions(self):
+        return hasattr(self._cdll, "dspnet_session_create")
 
     def check(self, status, what):
         """Raise the exception for a non-zero status. Must run on the thread that made the call,
@@ -431,13 +487,19 @@ class Model:
 
 @dataclass
 class Summary:
-    """What a run did (``dspnet_segment_summary_t``; fields the library did not report are None)."""
+    """What a run did (``dspnet_segment_summary_t``; fields the library did not report are None).
+
+    ``slice_confidence``: float32 array with one entry per slice along the slice axis, the model's
+    confidence in [0, 1] for the slices it scored and NaN for the others (painted, outside the extent).
+    ``suggested_slices``: slices to check or paint next, least confident first."""
     slice_axis: int = None
     modality: str = None
     num_classes: int = None
     slices_processed: int = None
     labelled_voxels: int = None
     seconds: float = None
+    slice_confidence: np.ndarray = None
+    suggested_slices: list = None
 
 
 def _as_image(array):
@@ -502,61 +564,8 @@ def parse_extent(extent):
     return EXTENT_RANGE, first, last
 
 
-def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
-            fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
-            index_order="kji", propagation="memory"):
-    """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
-
-    - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
-      uint8/int8/uint16/int16/uint32/int32/float32/float64 is passed as is (other dtypes are converted).
-    - ``support``: integer labels on the same grid; the slices holding non-zero labels are the support
-      slices, each non-zero value a class. Copied to uint16 unless it already is C-contiguous uint16.
-    - ``spacing_ijk``: voxel size along i, j, k in mm (``volumeNode.GetSpacing()``, not reversed).
-    - ``slice_axis``: None/"auto", 0/"i", 1/"j", 2/"k" (IJK axes, whatever ``index_order``).
-    - ``extent``: "auto", "all", "A:B" or (A, B), inclusive slice indices along the slice axis.
-    - ``propagation``: "memory" (follow the structure slice by slice; with extent "auto" it stops where
-      the structure ends) or "independent" (each slice on its own, the paper's protocol).
-    - ``progress(done, total)``: called on this thread before any work and after each slice; if it
-      raises, the run is cancelled and the exception re-raised.
-    - ``cancel``: a ``threading.Event`` or a callable returning True to cancel (checked at each slice);
-      a cancelled run raises :class:`CancelledError`.
-    - ``out``: optional uint16 output array of the image's shape and order (may be ``support`` itself).
-
-    Returns ``(labels, summary)``: a uint16 array shaped like ``image`` and a :class:`Summary`.
-    """
-    if not isinstance(model, Model):
-        raise TypeError("model must be a binding.Model")
-    lib = model.library
-    if index_order not in ("kji", "ijk"):
-        raise ValueError("index_order must be 'kji' or 'ijk'")
-    img = np.asarray(image)
-    sup = np.asarray(support)
-    if index_order == "ijk":  # views: [i, j, k] Fortran order is [k, j, i] C order
-        img, sup = img.T, sup.T
-    if img.ndim != 3:
-        raise ShapeError(f"image must be 3D, got shape {img.shape}", status=DSPNET_ERROR_SHAPE)
-    img = _as_image(img)
-    sup = _as_u16(sup, img.shape, "support")
-    if out is None:
-        out_kji = np.empty(img.shape, dtype=np.uint16)
-        out_user = None
-    else:
-        out_user = out
-        out_kji = out.T if index_order == "ijk" else out
-        if (not isinstance(out_kji, np.ndarray) or out_kji.dtype != np.uint16 or out_kji.shape != img.shape
-                or not out_kji.flags.c_contiguous or not out_kji.flags.writeable):
-            raise ValueError("out must be a writeable uint16 array of the image's shape, contiguous in the image's order")
-    spacing = tuple(float(s) for s in spacing_ijk)
-    if len(spacing) != 3:
-        raise ValueError("spacing_ijk must have 3 values (i, j, k)")
-
-    vol = dspnet_volume_t()
-    vol.data = img.ctypes.data
-    vol.dtype = _DTYPES[img.dtype]
-    nk, nj, ni = img.shape
-    vol.dims[:] = (ni, nj, nk)
-    vol.spacing[:] = spacing
-
+def _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation):
+    """A filled ``dspnet_segment_options_t`` and the class buffer it points to (keep both alive)."""
     opts = dspnet_segment_options_t()
     lib._cdll.dspnet_segment_options_init(ctypes.byref(opts))
     opts.slice_axis = _axis_value(slice_axis)
@@ -573,7 +582,23 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
         class_buf = (ctypes.c_uint16 * len(classes))(*[int(c) for c in classes])
         opts.classes = ctypes.cast(class_buf, ctypes.POINTER(ctypes.c_uint16))
         opts.num_classes = len(classes)
+    return opts, class_buf
 
+
+def _output_array(out, shape, index_order):
+    """(array the library writes, in [k, j, i]; the caller's array or None)."""
+    if out is None:
+        return np.empty(shape, dtype=np.uint16), None
+    out_kji = out.T if index_order == "ijk" else out
+    if (not isinstance(out_kji, np.ndarray) or out_kji.dtype != np.uint16 or out_kji.shape != shape
+            or not out_kji.flags.c_contiguous or not out_kji.flags.writeable):
+        raise ValueError("out must be a writeable uint16 array of the image's shape, contiguous in the image's order")
+    return out_kji, out
+
+
+def _run(lib, what, call, opts, max_slices, progress, cancel):
+    """Run ``call(opts_ref, summary_ref)`` with the progress/cancel bridge; returns (summary_c, confidence
+    buffer, seconds) or raises. Exceptions from ``progress`` cancel the run and are re-raised."""
     state = {"error": None, "total": None}
     is_cancelled = None
     if cancel is not None:
@@ -599,31 +624,192 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
 
     summary_c = dspnet_segment_summary_t()
     summary_c.struct_size = ctypes.sizeof(dspnet_segment_summary_t)
+    confidence = np.full(max(int(max_slices), 1), np.nan, dtype=np.float32)
+    summary_c.slice_confidence = confidence.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    summary_c.slice_confidence_capacity = confidence.size
     t0 = time.perf_counter()
-    if lib.has_summary:
-        status = lib._cdll.dspnet_segment_with_summary(model.handle, ctypes.byref(vol), sup.ctypes.data,
-                                                        out_kji.ctypes.data, ctypes.byref(opts),
-                                                        ctypes.byref(summary_c))
-    else:
-        status = lib._cdll.dspnet_segment(model.handle, ctypes.byref(vol), sup.ctypes.data, out_kji.ctypes.data,
-                                          ctypes.byref(opts))
+    status = call(ctypes.byref(opts), ctypes.byref(summary_c))
     seconds = time.perf_counter() - t0
     if status != DSPNET_OK and state["error"] is not None:
         raise state["error"]
-    lib.check(status, "dspnet_segment")
-    del class_buf, callback
+    lib.check(status, what)
+    del callback
+    return summary_c, confidence, seconds, state
+
+
+def _summary(summary_c, confidence):
+    """A :class:`Summary` from what the library filled (an older library fills the first version only)."""
+    s = Summary(slice_axis=summary_c.slice_axis,
+                modality={1: "ct", 2: "mri"}.get(summary_c.modality, str(summary_c.modality)),
+                num_classes=summary_c.num_classes, slices_processed=summary_c.slices_processed,
+                labelled_voxels=summary_c.labelled_voxels, seconds=summary_c.seconds)
+    if summary_c.struct_size > _SUMMARY_V1_SIZE:
+        conf = confidence[:min(summary_c.num_slices, confidence.size)].copy()
+        conf[conf < 0] = np.nan
+        s.slice_confidence = conf
+        s.suggested_slices = [int(summary_c.suggested_slices[i]) for i in range(summary_c.num_suggested)]
+    return s
+
+
+def _image_volume(image, index_order):
+    """(C-ready [k, j, i] array, dspnet_volume_t without spacing) from ``image`` in ``index_order``."""
+    if index_order not in ("kji", "ijk"):
+        raise ValueError("index_order must be 'kji' or 'ijk'")
+    img = np.asarray(image)
+    if index_order == "ijk":  # a view: [i, j, k] Fortran order is [k, j, i] C order
+        img = img.T
+    if img.ndim != 3:
+        raise ShapeError(f"image must be 3D, got shape {img.shape}", status=DSPNET_ERROR_SHAPE)
+    img = _as_image(img)
+    vol = dspnet_volume_t()
+    vol.data = img.ctypes.data
+    vol.dtype = _DTYPES[img.dtype]
+    nk, nj, ni = img.shape
+    vol.dims[:] = (ni, nj, nk)
+    return img, vol
+
+
+def _spacing(spacing_ijk):
+    spacing = tuple(float(s) for s in spacing_ijk)
+    if len(spacing) != 3:
+        raise ValueError("spacing_ijk must have 3 values (i, j, k)")
+    return spacing
+
+
+def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
+            fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
+            index_order="kji", propagation="memory"):
+    """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
+
+    - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
+      uint8/int8/uint16/int16/uint32/int32/float32/float64 is passed as is (other dtypes are converted).
+    - ``support``: integer labels on the same grid; the slices holding non-zero labels are the support
+      slices, each non-zero value a class. Copied to uint16 unless it already is C-contiguous uint16.
+    - ``spacing_ijk``: voxel size along i, j, k in mm (``volumeNode.GetSpacing()``, not reversed).
+    - ``slice_axis``: None/"auto", 0/"i", 1/"j", 2/"k" (IJK axes, whatever ``index_order``).
+    - ``extent``: "auto", "all", "A:B" or (A, B), inclusive slice indices along the slice axis.
+    - ``propagation``: "memory" (follow the structure slice by slice; with extent "auto" it stops where
+      the structure ends) or "independent" (each slice on its own, the paper's protocol).
+    - ``progress(done, total)``: called on this thread before any work and after each slice; if it
+      raises, the run is cancelled and the exception re-raised.
+    - ``cancel``: a ``threading.Event`` or a callable returning True to cancel (checked at each slice);
+      a cancelled run raises :class:`CancelledError`.
+    - ``out``: optional uint16 output array of the image's shape and order (may be ``support`` itself).
+
+    Returns ``(labels, summary)``: a uint16 array shaped like ``image`` and a :class:`Summary`.
+    To segment one image several times (corrections), use a :class:`Session`: it keeps the encoded slices.
+    """
+    if not isinstance(model, Model):
+        raise TypeError("model must be a binding.Model")
+    lib = model.library
+    img, vol = _image_volume(image, index_order)
+    sup = np.asarray(support)
+    sup = _as_u16(sup.T if index_order == "ijk" else sup, img.shape, "support")
+    out_kji, out_user = _output_array(out, img.shape, index_order)
+    vol.spacing[:] = _spacing(spacing_ijk)
+    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
 
     if lib.has_summary:
-        summary = Summary(slice_axis=summary_c.slice_axis,
-                          modality={1: "ct", 2: "mri"}.get(summary_c.modality, str(summary_c.modality)),
-                          num_classes=summary_c.num_classes, slices_processed=summary_c.slices_processed,
-                          labelled_voxels=summary_c.labelled_voxels, seconds=summary_c.seconds)
+        def call(o, sm):
+            return lib._cdll.dspnet_segment_with_summary(model.handle, ctypes.byref(vol), sup.ctypes.data,
+                                                         out_kji.ctypes.data, o, sm)
+    else:
+        def call(o, _sm):
+            return lib._cdll.dspnet_segment(model.handle, ctypes.byref(vol), sup.ctypes.data, out_kji.ctypes.data, o)
+    summary_c, confidence, seconds, state = _run(lib, "dspnet_segment", call, opts, max(img.shape), progress, cancel)
+    del class_buf
+    if lib.has_summary:
+        summary = _summary(summary_c, confidence)
     else:
         summary = Summary(slices_processed=state["total"], seconds=seconds,
                           labelled_voxels=int(np.count_nonzero(out_kji)))
     if out_user is not None:
         return out_user, summary
     return (out_kji.T if index_order == "ijk" else out_kji), summary
+
+
+class Session:
+    """An interactive session (``dspnet_session_t``): the library keeps its own copy of ``image`` and the
+    slices it encodes, so that segmenting again after a correction re-runs the prototype head only.
+
+    ``image``, ``spacing_ijk`` and ``index_order`` as for :func:`segment`; ``feature_budget_bytes``: memory
+    for encoded slices (0 = the library default, 1 GiB; at least one slice, 1 MiB for the default model).
+    One segmentation at a time: a call while another runs on the same session raises :class:`BusyError`.
+    The session keeps its model alive. Close it (or use ``with``) to free the memory at once."""
+
+    def __init__(self, model, image, spacing_ijk, *, index_order="kji", feature_budget_bytes=0):
+        if not isinstance(model, Model):
+            raise TypeError("model must be a binding.Model")
+        self.library = lib = model.library
+        if not lib.has_sessions:
+            raise LibraryNotFoundError(f"{lib.path} has no sessions (libdspnet 0.2 or newer needed)")
+        self.model = model
+        self.index_order = index_order
+        img, vol = _image_volume(image, index_order)
+        vol.spacing[:] = _spacing(spacing_ijk)
+        self.shape = img.shape  # [k, j, i]
+        opts = dspnet_session_options_t()
+        lib._cdll.dspnet_session_options_init(ctypes.byref(opts))
+        opts.feature_budget_bytes = int(feature_budget_bytes)
+        handle = ctypes.c_void_p()
+        status = lib._cdll.dspnet_session_create(model.handle, ctypes.byref(vol), ctypes.byref(opts), ctypes.byref(handle))
+        lib.check(status, "dspnet_session_create")
+        self._handle = handle
+
+    @property
+    def handle(self):
+        if getattr(self, "_handle", None) is None or not self._handle.value:
+            raise ValueError("the session has been closed")
+        return self._handle
+
+    def segment(self, support, *, slice_axis=None, extent="auto", modality="auto", fov="slice",
+                components="support", classes=None, progress=None, cancel=None, out=None, propagation="memory"):
+        """:func:`segment` on the session's image (same options, same results voxel for voxel)."""
+        lib = self.library
+        sup = np.asarray(support)
+        if self.index_order == "ijk":
+            sup = sup.T
+        sup = _as_u16(sup, self.shape, "support")
+        out_kji, out_user = _output_array(out, self.shape, self.index_order)
+        opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
+        handle = self.handle
+
+        def call(o, sm):
+            return lib._cdll.dspnet_session_segment_with_summary(handle, sup.ctypes.data, out_kji.ctypes.data, o, sm)
+        summary_c, confidence, _seconds, _state = _run(lib, "dspnet_session_segment", call, opts, max(self.shape),
+                                                        progress, cancel)
+        del class_buf
+        summary = _summary(summary_c, confidence)
+        if out_user is not None:
+            return out_user, summary
+        return (out_kji.T if self.index_order == "ijk" else out_kji), summary
+
+    def info(self):
+        """What the session holds: dict of dims (i, j, k), feature_budget_bytes, cached_slices, cached_bytes,
+        image_bytes, slices_encoded, slices_reused."""
+        c = dspnet_session_info_t()
+        c.struct_size = ctypes.sizeof(c)
+        self.library.check(self.library._cdll.dspnet_session_info(self.handle, ctypes.byref(c)), "dspnet_session_info")
+        d = {name: getattr(c, name) for name, _ in dspnet_session_info_t._fields_ if name not in ("struct_size", "dims")}
+        d["dims"] = tuple(c.dims)
+        return d
+
+    def close(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None and handle.value:
+            self.library._cdll.dspnet_session_free(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def version():

@@ -196,6 +196,8 @@ class SegmentationJob:
     labels: np.ndarray = None    # result, [k, j, i] uint16
     summary: object = None
     overlapVoxels: int = 0       # voxels painted in more than one input segment (the later one wins)
+    imageModifiedTime: int = 0   # the volume's voxel modified time when the job was prepared (session key)
+    reusedSession: bool = False  # the run reused a session: slices encoded by an earlier run were not encoded again
     keepAlive: list = field(default_factory=list, repr=False)
 
 
@@ -208,6 +210,8 @@ class SegmentResult:
     seconds: float
     sliceAxis: int
     voxels: dict                 # segment ID -> voxels in the written result
+    suggestedSlices: list = field(default_factory=list)  # slices to check or paint next, least confident first
+    sliceConfidence: object = None  # per slice along the axis: confidence in [0, 1], NaN where not scored
 
     def __str__(self):
         axis = AXIS_NAMES[self.sliceAxis] if self.sliceAxis in (0, 1, 2) else "?"
@@ -226,6 +230,13 @@ class FewShotSegmentLogic:
     # a model is immutable and thread-safe, and loading one costs time and memory.
     _models = {}
     _modelsLock = threading.Lock()
+    # Interactive sessions (encoded slices kept between runs), most recently used last: a correction on
+    # the same volume re-runs in seconds. Keyed by (volume node ID, voxel modified time, spacing, model
+    # key); a changed volume gets a new session. At most MAX_SESSIONS are kept (each holds a copy of its
+    # volume and up to 1 GiB of features).
+    _sessions = {}
+    _sessionsLock = threading.Lock()
+    MAX_SESSIONS = 2
 
     def __init__(self, libraryPath=None):
         self.libraryPath = libraryPath
@@ -264,6 +275,39 @@ class FewShotSegmentLogic:
                 model = binding.Model(key[1], device=key[2], library=lib)
                 FewShotSegmentLogic._models[key] = model
             return model
+
+    def getSession(self, job, weights=None, device="auto"):
+        """The session for the job's volume as it is now (created on first use; thread-safe).
+        Returns (session, reused): reused is True when the session existed before this call."""
+        model = self.getModel(weights, device)
+        key = (job.volumeNodeId, job.imageModifiedTime, tuple(job.spacing), tuple(job.image.shape), id(model))
+        with FewShotSegmentLogic._sessionsLock:
+            session = FewShotSegmentLogic._sessions.pop(key, None)
+            reused = session is not None
+            if session is None:
+                # Sessions of an older version of this volume are of no use any more.
+                for k in [k for k in FewShotSegmentLogic._sessions if k[0] == job.volumeNodeId]:
+                    FewShotSegmentLogic._sessions.pop(k).close()
+                session = binding.Session(model, job.image, job.spacing)
+            FewShotSegmentLogic._sessions[key] = session
+            while len(FewShotSegmentLogic._sessions) > FewShotSegmentLogic.MAX_SESSIONS:
+                oldest = next(iter(FewShotSegmentLogic._sessions))
+                FewShotSegmentLogic._sessions.pop(oldest).close()
+        return session, reused
+
+    @staticmethod
+    def clearSessions(volumeNodeId=None):
+        """Free the sessions (of one volume node, or all): their feature memory is released."""
+        with FewShotSegmentLogic._sessionsLock:
+            keys = [k for k in FewShotSegmentLogic._sessions if volumeNodeId is None or k[0] == volumeNodeId]
+            sessions = [FewShotSegmentLogic._sessions.pop(k) for k in keys]
+        for session in sessions:
+            session.close()
+
+    @staticmethod
+    def sessionCount():
+        with FewShotSegmentLogic._sessionsLock:
+            return len(FewShotSegmentLogic._sessions)
 
     @staticmethod
     def clearModels():
@@ -314,6 +358,7 @@ class FewShotSegmentLogic:
         binding.parse_extent(extent)  # validate early, with a clear message
 
         image = slicer.util.arrayFromVolume(volumeNode)  # [k, j, i] view of the VTK buffer
+        imageModifiedTime = int(volumeNode.GetImageData().GetMTime())
         spacing = tuple(float(s) for s in volumeNode.GetSpacing())
         geometry = volumeGeometryInSegmentationFrame(volumeNode, segmentationNode)
 
@@ -351,7 +396,8 @@ class FewShotSegmentLogic:
             volumeNodeId=volumeNode.GetID(), segmentationNodeId=segmentationNode.GetID(),
             segmentIds=segmentIds, segmentNames=names, image=image, support=support, spacing=spacing,
             sliceAxis=axis, extent=extent, modality=modality, fov=fov, components=components,
-            propagation=propagation, overlapVoxels=overlap, keepAlive=[volumeNode.GetImageData()])
+            propagation=propagation, overlapVoxels=overlap, imageModifiedTime=imageModifiedTime,
+            keepAlive=[volumeNode.GetImageData()])
 
     @staticmethod
     def resolveSliceAxis(sliceAxis, volumeNode=None):
@@ -373,16 +419,41 @@ class FewShotSegmentLogic:
 
     # -- step 2: the computation (any thread) --------------------------------------------------------
 
-    def runJob(self, job, weights=None, device="auto", progress=None, cancel=None):
-        """Run libdspnet on a prepared job; fills ``job.labels`` and ``job.summary``. No MRML access."""
+    def runJob(self, job, weights=None, device="auto", progress=None, cancel=None, useSession=True):
+        """Run libdspnet on a prepared job; fills ``job.labels`` and ``job.summary``. No MRML access.
+
+        With ``useSession`` (default) the run goes through the volume's session: slices encoded by an
+        earlier run on the same volume (unchanged since) are reused, so a correction re-runs in seconds;
+        the result is the same as without a session."""
+        options = dict(slice_axis=job.sliceAxis, extent=job.extent, modality=job.modality, fov=job.fov,
+                       components=job.components, propagation=job.propagation, progress=progress, cancel=cancel)
         model = self.getModel(weights, device)
-        labels, summary = binding.segment(
-            model, job.image, job.support, job.spacing, slice_axis=job.sliceAxis, extent=job.extent,
-            modality=job.modality, fov=job.fov, components=job.components, propagation=job.propagation,
-            progress=progress, cancel=cancel)
+        if useSession and model.library.has_sessions:
+            session, job.reusedSession = self.getSession(job, weights, device)
+            labels, summary = session.segment(job.support, **options)
+        else:
+            labels, summary = binding.segment(model, job.image, job.support, job.spacing, **options)
         job.labels = labels
         job.summary = summary
         return job
+
+    @staticmethod
+    def sliceCenterRAS(volumeNode, sliceAxis, sliceIndex):
+        """RAS position of the centre of slice ``sliceIndex`` along IJK axis ``sliceAxis`` (where to move
+        the slice views to show that slice)."""
+        import vtk
+        dims = volumeNode.GetImageData().GetDimensions()
+        ijk = [(d - 1) / 2.0 for d in dims]
+        ijk[sliceAxis] = float(sliceIndex)
+        m = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(m)
+        ras = m.MultiplyPoint(ijk + [1.0])[:3]
+        transform = volumeNode.GetParentTransformNode()
+        if transform is not None:
+            toWorld = vtk.vtkGeneralTransform()
+            transform.GetTransformToWorld(toWorld)
+            ras = toWorld.TransformPoint(ras)
+        return tuple(float(v) for v in ras)
 
     # -- step 3: arrays -> MRML (main thread) -----------------------------------------------------
 
@@ -431,13 +502,15 @@ class FewShotSegmentLogic:
             seconds=getattr(summary, "seconds", None) or 0.0,
             sliceAxis=getattr(summary, "slice_axis", None) if getattr(summary, "slice_axis", None) is not None
             else job.sliceAxis,
-            voxels=voxels)
+            voxels=voxels,
+            suggestedSlices=list(getattr(summary, "suggested_slices", None) or []),
+            sliceConfidence=getattr(summary, "slice_confidence", None))
 
     # -- all in one ---------------------------------------------------------------------------
 
     def segment(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, weights=None,
                 device="auto", extent="auto", progress=None, cancel=None, modality="auto", fov="slice",
-                components="support", propagation="memory"):
+                components="support", propagation="memory", useSession=True):
         """Propagate the painted segments through the volume and write the result into the same segments.
 
         - ``segmentIds``: the segments to propagate (default: every non-empty segment). Each must be
@@ -449,12 +522,14 @@ class FewShotSegmentLogic:
         - ``propagation``: "memory" (default: follow the structure slice by slice from each painted slice;
           with extent "auto" it stops where the structure ends) or "independent" (each slice on its own).
         - ``progress(done, total)``: called after each slice; ``cancel``: Event or callable -> True to stop.
+        - ``useSession``: reuse the slices an earlier run on this volume encoded (see :meth:`runJob`).
 
-        Returns a :class:`SegmentResult` (segments written, slices processed, seconds)."""
+        Returns a :class:`SegmentResult` (segments written, slices processed, seconds, the slices to check
+        next)."""
         t0 = time.perf_counter()
         job = self.prepareJob(volumeNode, segmentationNode, segmentIds, sliceAxis, extent, modality, fov, components,
                               propagation)
-        self.runJob(job, weights=weights, device=device, progress=progress, cancel=cancel)
+        self.runJob(job, weights=weights, device=device, progress=progress, cancel=cancel, useSession=useSession)
         result = self.writeJobResult(job, volumeNode, segmentationNode)
         if not result.seconds:
             result.seconds = time.perf_counter() - t0

@@ -9,13 +9,15 @@
  * - Names: functions dspnet_*, types dspnet_*_t, macros and values DSPNET_*.
  * - Errors: every fallible function returns a dspnet_status_t (DSPNET_OK = 0); details are in
  *   dspnet_last_error_message(), a thread-local string. Results go through out-parameters.
- * - Ownership: the library creates and destroys its objects (dspnet_model_load / dspnet_model_free).
+ * - Ownership: the library creates and destroys its objects (dspnet_model_load / dspnet_model_free,
+ *   dspnet_session_create / dspnet_session_free; a session copies its image and holds its model).
  *   Everything else is borrowed: buffers, strings and structs the caller passes are read (or, for
  *   outputs, written) during the call only and never kept after it returns. Strings the library
  *   returns are owned by it; their lifetime is stated per function.
  * - Memory layout of volumes: see dspnet_volume_t (i fastest, C order [k][j][i]).
  * - Threads: a dspnet_model_t is immutable and may be used by many threads at once; all functions
- *   are thread-safe. Progress callbacks run on the calling thread.
+ *   are thread-safe. A dspnet_session_t runs one segmentation at a time (a concurrent call on the same
+ *   session returns DSPNET_ERROR_BUSY). Progress callbacks run on the calling thread.
  * - Panics: a bug inside the library returns DSPNET_ERROR_PANIC; it never aborts the host process.
  * - ABI: DSPNET_ABI_VERSION (= the SONAME major, libdspnet.so.1) changes only on a breaking change.
  *   Structs that may grow (options, summary) start with a size_t struct_size.
@@ -59,6 +61,16 @@
  * The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
  */
 #define DSPNET_VERSION_NUMBER (((DSPNET_VERSION_MAJOR << 16) | (DSPNET_VERSION_MINOR << 8)) | DSPNET_VERSION_PATCH)
+
+/**
+ * At most this many slices are suggested in `dspnet_segment_summary_t.suggested_slices`.
+ */
+#define DSPNET_MAX_SUGGESTIONS 3
+
+/**
+ * Feature memory of a session whose options say 0: 1 GiB (about a thousand slices of the default model).
+ */
+#define DSPNET_SESSION_DEFAULT_FEATURE_BUDGET 1073741824
 
 /**
  * Result of every fallible libdspnet function.
@@ -130,6 +142,12 @@ typedef enum dspnet_status_t {
      * unaffected; the message says where it happened. Please report it.
      */
     DSPNET_ERROR_PANIC = 13,
+    /**
+     * The session is already segmenting (on another thread, or this call came from its own progress
+     * callback): a session runs one segmentation at a time. Nothing was done; try again when that
+     * call has returned, or use one session per thread. Appended in 0.2.
+     */
+    DSPNET_ERROR_BUSY = 14,
 } dspnet_status_t;
 
 /**
@@ -140,6 +158,23 @@ typedef enum dspnet_status_t {
  * and it may be freed from any thread; a call still running on it keeps it alive until it returns.
  */
 typedef struct dspnet_model_t dspnet_model_t;
+
+/**
+ * An interactive session (opaque): one image, and the encoded slices of it kept between segment calls,
+ * so that a correction re-segments in seconds instead of re-encoding every slice.
+ *
+ * Created by `dspnet_session_create()`, destroyed by `dspnet_session_free()`. The session holds its
+ * model (the model stays usable by the session even after `dspnet_model_free()`) and its own copy of the
+ * image (as float: 4 bytes per voxel), so the caller's image buffer may change or be freed right after
+ * `dspnet_session_create()` returns. To segment a changed image, create a new session.
+ *
+ * Threads: a session may be used from any thread, but runs one segmentation at a time. A segment call
+ * made while another is running on the same session (from another thread, or from that call's own
+ * progress callback) returns `DSPNET_ERROR_BUSY` at once and does nothing. Different sessions, and
+ * sessions sharing one model, run in parallel. A session may be freed from any thread; a call still
+ * running on it finishes first.
+ */
+typedef struct dspnet_session_t dspnet_session_t;
 
 /**
  * Intensity recipe: one of the `DSPNET_MODALITY_*` values (a `uint32_t`, validated by value).
@@ -280,12 +315,13 @@ typedef struct dspnet_volume_t {
 
 /**
  * What a `dspnet_segment_with_summary()` run did. Set `struct_size = sizeof(dspnet_segment_summary_t)`
- * before the call; on success the library fills the fields it knows (fields are only ever appended)
- * and sets `struct_size` to the number of bytes it filled. Untouched on failure.
+ * (and, to receive per-slice confidences, `slice_confidence` and `slice_confidence_capacity`) before the
+ * call; on success the library fills the fields it knows (fields are only ever appended) and sets
+ * `struct_size` to the number of bytes it filled. Untouched on failure.
  */
 typedef struct dspnet_segment_summary_t {
     /**
-     * In: size of the caller's struct (at least this first version's size). Out: bytes filled.
+     * In: size of the caller's struct (at least this first version's size, 48 bytes). Out: bytes filled.
      */
     size_t struct_size;
     /**
@@ -312,7 +348,88 @@ typedef struct dspnet_segment_summary_t {
      * Wall-clock seconds spent in the segmentation.
      */
     double seconds;
+    /**
+     * Out (appended in 0.2): slices along the slice axis, the number of entries `slice_confidence` needs.
+     */
+    size_t num_slices;
+    /**
+     * In: NULL, or a caller buffer of `slice_confidence_capacity` floats. Out (same pointer): entry z is
+     * the confidence in [0, 1] of slice z (the model's presence score: its mean foreground margin on the
+     * slice as a fraction of the painted slice's own, the lowest over the classes), or -1 for a slice
+     * that was not scored (painted, or outside the extent). Entries from `num_slices` on are not written;
+     * slices from `slice_confidence_capacity` on are not reported.
+     */
+    float *slice_confidence;
+    /**
+     * In: entries `slice_confidence` holds (ignored when it is NULL).
+     */
+    size_t slice_confidence_capacity;
+    /**
+     * Out: entries of `suggested_slices` set (0 when nothing was predicted).
+     */
+    size_t num_suggested;
+    /**
+     * Out: the slices to check or paint next, least confident first: scored slices inside the predicted
+     * extent, apart from the painted slices and from each other.
+     */
+    size_t suggested_slices[DSPNET_MAX_SUGGESTIONS];
 } dspnet_segment_summary_t;
+
+/**
+ * Options of `dspnet_session_create()`. Initialise with `dspnet_session_options_init()`; fields are only
+ * ever appended (read up to the caller's `struct_size`).
+ */
+typedef struct dspnet_session_options_t {
+    /**
+     * `sizeof(dspnet_session_options_t)` as the caller was compiled; set by the init function.
+     */
+    size_t struct_size;
+    /**
+     * Bytes of slice features the session may keep (0 = `DSPNET_SESSION_DEFAULT_FEATURE_BUDGET`). Beyond
+     * it the least recently used slices are dropped and re-encoded when needed again. Must hold at least
+     * one slice (1 MiB for the default model). The image copy is not counted.
+     */
+    size_t feature_budget_bytes;
+} dspnet_session_options_t;
+
+/**
+ * What a session holds, from `dspnet_session_info()`. Set `struct_size` first; fields are only ever
+ * appended, and the library fills those the caller's `struct_size` covers.
+ */
+typedef struct dspnet_session_info_t {
+    /**
+     * In: size of the caller's struct. Out: bytes filled.
+     */
+    size_t struct_size;
+    /**
+     * The image's voxel counts along i, j, k.
+     */
+    size_t dims[3];
+    /**
+     * The feature budget in effect, in bytes.
+     */
+    size_t feature_budget_bytes;
+    /**
+     * Slices whose features are held now (over every slice axis and intensity recipe used).
+     */
+    size_t cached_slices;
+    /**
+     * Bytes those features take.
+     */
+    size_t cached_bytes;
+    /**
+     * Bytes of the session's image copy.
+     */
+    size_t image_bytes;
+    /**
+     * Slices the backbone has encoded over the session's life.
+     */
+    size_t slices_encoded;
+    /**
+     * Slice features served from the session's memory instead of the backbone.
+     */
+    size_t slices_reused;
+} dspnet_session_info_t;
 
 /**
  * `uint8_t` voxels.
@@ -519,6 +636,65 @@ enum dspnet_status_t dspnet_segment_with_summary(const struct dspnet_model_t *mo
                                                  uint16_t *out_labels,
                                                  const struct dspnet_segment_options_t *options,
                                                  struct dspnet_segment_summary_t *summary);
+
+/**
+ * Fill `options` with the defaults and set `options->struct_size`. NULL is a no-op.
+ */
+void dspnet_session_options_init(struct dspnet_session_options_t *options);
+
+/**
+ * Start a session on `image` (copied: see `dspnet_session_t`) with `model` (kept alive by the session).
+ *
+ * - `options`: NULL for the defaults.
+ * - `out_session`: receives the new handle (free it with `dspnet_session_free()`), or NULL on failure.
+ *
+ * No slice is encoded here: slices are encoded by the segment calls that need them.
+ *
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (model not live, bad dtype, spacing or struct_size, misaligned
+ * buffer, a feature budget smaller than one slice), SHAPE, NON_FINITE (NaN/inf voxels), OUT_OF_MEMORY.
+ */
+enum dspnet_status_t dspnet_session_create(const struct dspnet_model_t *model,
+                                           const struct dspnet_volume_t *image,
+                                           const struct dspnet_session_options_t *options,
+                                           struct dspnet_session_t **out_session);
+
+/**
+ * Segment the session's image from `support_labels`: the same contract, and the same result voxel for
+ * voxel, as `dspnet_segment()` with the session's model and image, reusing every slice the session has
+ * already encoded (and keeping those it encodes now, within the budget).
+ *
+ * `support_labels` and `out_labels` must have the session image's dims (they may be the same buffer).
+ * Errors: those of `dspnet_segment()`, and BUSY when the session is already segmenting.
+ */
+enum dspnet_status_t dspnet_session_segment(struct dspnet_session_t *session,
+                                            const uint16_t *support_labels,
+                                            uint16_t *out_labels,
+                                            const struct dspnet_segment_options_t *options);
+
+/**
+ * `dspnet_session_segment()` that also reports what the run did in `*summary` (which may be NULL); see
+ * `dspnet_segment_summary_t`.
+ */
+enum dspnet_status_t dspnet_session_segment_with_summary(struct dspnet_session_t *session,
+                                                         const uint16_t *support_labels,
+                                                         uint16_t *out_labels,
+                                                         const struct dspnet_segment_options_t *options,
+                                                         struct dspnet_segment_summary_t *summary);
+
+/**
+ * Report what the session holds into `*info` (set `info->struct_size` first).
+ * Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live session, struct_size too small), BUSY (the session is
+ * segmenting right now).
+ */
+enum dspnet_status_t dspnet_session_info(const struct dspnet_session_t *session,
+                                         struct dspnet_session_info_t *info);
+
+/**
+ * Free a session and the features it holds; its model is released too unless the caller still holds it.
+ * NULL and a handle that is not live (a second free) are no-ops. A call still running on the session
+ * on another thread finishes first. Does not change the last-error message.
+ */
+void dspnet_session_free(struct dspnet_session_t *session);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -8,7 +8,8 @@ use super::{dspnet_model_t, dspnet_segment_options_t, dspnet_segment_summary_t, 
 use crate::volume::{self, Session};
 
 /// Feature memory of a session whose options say 0: 1 GiB (about a thousand slices of the default model).
-pub const DSPNET_SESSION_DEFAULT_FEATURE_BUDGET: usize = volume::session::DEFAULT_FEATURE_BUDGET;
+pub const DSPNET_SESSION_DEFAULT_FEATURE_BUDGET: usize = 1073741824;
+const _: () = assert!(DSPNET_SESSION_DEFAULT_FEATURE_BUDGET == volume::session::DEFAULT_FEATURE_BUDGET);
 
 /// An interactive session (opaque): one image, and the encoded slices of it kept between segment calls,
 /// so that a correction re-segments in seconds instead of re-encoding every slice.

@@ -23,8 +23,12 @@ use crate::{DspnetError, Result};
 
 /// Score the class's query slices into `fg` (see [`ClassOutcome`]).
 pub fn segment_class(pass: &ClassPass<'_, '_>, mut fg: Vec<f32>, cache: &mut FeatureCache, keep_queries: bool, ticker: &mut Ticker<'_>) -> Result<ClassOutcome> {
-    let mut feats = SliceFeatures::new(cache, keep_queries);
     let mut presence = Vec::new();
+    // Nothing to score (e.g. a range holding only painted slices): no painted slice needs encoding.
+    if pass.query_slices.is_empty() {
+        return Ok(ClassOutcome { fg, scored: 0, presence });
+    }
+    let mut feats = SliceFeatures::new(cache, keep_queries);
     let allowed: Vec<bool> = {
         let mut a = vec![false; pass.vol.slices()];
         for &z in pass.query_slices {

@@ -212,6 +212,7 @@ class SegmentResult:
     voxels: dict                 # segment ID -> voxels in the written result
     suggestedSlices: list = field(default_factory=list)  # slices to check or paint next, least confident first
     sliceConfidence: object = None  # per slice along the axis: confidence in [0, 1], NaN where not scored
+    reusedSession: bool = False     # slices encoded by an earlier run on this volume were reused
 
     def __str__(self):
         axis = AXIS_NAMES[self.sliceAxis] if self.sliceAxis in (0, 1, 2) else "?"
@@ -504,7 +505,8 @@ class FewShotSegmentLogic:
             else job.sliceAxis,
             voxels=voxels,
             suggestedSlices=list(getattr(summary, "suggested_slices", None) or []),
-            sliceConfidence=getattr(summary, "slice_confidence", None))
+            sliceConfidence=getattr(summary, "slice_confidence", None),
+            reusedSession=job.reusedSession)
 
     # -- all in one ---------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@
  *   errors  every failure path (no successful segmentation)
  *   light   errors + a full API round trip whose extent is the support slice alone (no backbone pass:
  *           what runs under valgrind by default)
- *   quick   errors + one segmentation with a 2-slice extent (under valgrind with DSPNET_CAPI_VALGRIND=full)
+ *   quick   errors + one segmentation with a 2-slice extent, and the same and a correction through a session
+ *           (under valgrind with DSPNET_CAPI_VALGRIND=full)
  *   full    quick + cancel after a slice, f32 and f64 input, in-place output, 4 threads sharing one model
  * Prints one line per failed check and "capi_test MODE: N checks, M failed"; exits 1 on any failure.
  */
@@ -481,6 +482,119 @@ static void test_light(const dspnet_model_t *model) {
           log.last_total);
 }
 
+
+/* Sessions: bad input, then (quick) a first run and a correction through one session. */
+static void test_session_errors(const dspnet_model_t *model) {
+    dspnet_volume_t v = image_volume();
+    dspnet_segment_options_t o = run_options();
+    dspnet_session_options_t so;
+    dspnet_session_t *s = (dspnet_session_t *)&s; /* garbage: must be reset to NULL on failure */
+    dspnet_session_info_t info;
+    fill_sentinel(out);
+
+    dspnet_session_options_init(NULL); /* no-op */
+    dspnet_session_options_init(&so);
+    CHECK(so.struct_size == sizeof so && so.feature_budget_bytes == 0, "session defaults");
+    EXPECT(dspnet_session_create(model, &v, &so, NULL), DSPNET_ERROR_NULL_ARGUMENT);
+    EXPECT(dspnet_session_create(NULL, &v, &so, &s), DSPNET_ERROR_NULL_ARGUMENT);
+    CHECK(s == NULL, "out_session not reset on failure");
+    EXPECT(dspnet_session_create(model, NULL, &so, &s), DSPNET_ERROR_NULL_ARGUMENT);
+    so.feature_budget_bytes = 4096; /* less than one slice's features */
+    EXPECT(dspnet_session_create(model, &v, &so, &s), DSPNET_ERROR_INVALID_ARGUMENT);
+    CHECK(strstr(dspnet_last_error_message(), "budget") != NULL, "message: %s", dspnet_last_error_message());
+    dspnet_session_options_init(&so);
+    so.struct_size = 4;
+    EXPECT(dspnet_session_create(model, &v, &so, &s), DSPNET_ERROR_INVALID_ARGUMENT);
+    v.dtype = 0;
+    EXPECT(dspnet_session_create(model, &v, NULL, &s), DSPNET_ERROR_INVALID_ARGUMENT);
+    v = image_volume();
+    {
+        uint64_t fake[4] = {0, 0, 0, 0};
+        EXPECT(dspnet_session_create((const dspnet_model_t *)fake, &v, NULL, &s), DSPNET_ERROR_INVALID_ARGUMENT);
+        EXPECT(dspnet_session_segment((dspnet_session_t *)fake, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+        dspnet_session_free((dspnet_session_t *)fake); /* not live: ignored */
+    }
+    EXPECT(dspnet_session_segment(NULL, support, out, &o), DSPNET_ERROR_NULL_ARGUMENT);
+    info.struct_size = sizeof info;
+    EXPECT(dspnet_session_info(NULL, &info), DSPNET_ERROR_NULL_ARGUMENT);
+    dspnet_session_free(NULL);
+
+    EXPECT(dspnet_session_create(model, &v, NULL, &s), DSPNET_OK);
+    if (s == NULL) return;
+    EXPECT(dspnet_session_segment(s, NULL, out, &o), DSPNET_ERROR_NULL_ARGUMENT);
+    EXPECT(dspnet_session_segment(s, support, NULL, &o), DSPNET_ERROR_NULL_ARGUMENT);
+    {
+        static uint16_t empty[NV];
+        EXPECT(dspnet_session_segment(s, empty, out, &o), DSPNET_ERROR_NO_SUPPORT);
+    }
+    o.extent = 9;
+    EXPECT(dspnet_session_segment(s, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+    info.struct_size = 8;
+    EXPECT(dspnet_session_info(s, &info), DSPNET_ERROR_INVALID_ARGUMENT);
+    info.struct_size = sizeof info;
+    EXPECT(dspnet_session_info(s, &info), DSPNET_OK);
+    CHECK(info.dims[0] == NI && info.dims[1] == NJ && info.dims[2] == NK && info.image_bytes == NV * sizeof(float) &&
+              info.feature_budget_bytes == DSPNET_SESSION_DEFAULT_FEATURE_BUDGET && info.slices_encoded == 0,
+          "session info %zu %zu %zu", info.image_bytes, info.feature_budget_bytes, info.slices_encoded);
+    dspnet_session_free(s);
+    dspnet_session_free(s); /* double free: a no-op */
+    EXPECT(dspnet_session_segment(s, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+    CHECK(untouched(out), "a failed session call wrote to out_labels");
+}
+
+/* A session outlives its model handle; a correction re-uses the encoded slices and equals dspnet_segment. */
+static void test_session(dspnet_model_t **model_handle, const char *weights) {
+    static uint16_t corrected[NV], fresh[NV];
+    static float confidence[NK + 2];
+    dspnet_volume_t v = image_volume();
+    dspnet_segment_options_t o = run_options();
+    dspnet_session_t *s = NULL;
+    dspnet_session_info_t first, second;
+    dspnet_segment_summary_t summary;
+
+    EXPECT(dspnet_session_create(*model_handle, &v, NULL, &s), DSPNET_OK);
+    if (s == NULL) return;
+    /* The session keeps the model: free the caller's handle and load it again afterwards. */
+    dspnet_model_free(*model_handle);
+    *model_handle = NULL;
+
+    memset(&summary, 0, sizeof summary);
+    summary.struct_size = sizeof summary;
+    for (size_t z = 0; z < NK + 2; ++z) confidence[z] = 42.0f;
+    summary.slice_confidence = confidence;
+    summary.slice_confidence_capacity = NK + 2;
+    fill_sentinel(out);
+    EXPECT(dspnet_session_segment_with_summary(s, support, out, &o, &summary), DSPNET_OK);
+    CHECK(memcmp(out, reference, sizeof out) == 0, "the session's labels differ from dspnet_segment's");
+    CHECK(summary.num_slices == NK && summary.slices_processed == 2, "summary %zu slices, %zu processed", summary.num_slices,
+          summary.slices_processed);
+    CHECK(confidence[SUPPORT_K] == -1.0f && confidence[0] == -1.0f && confidence[NK] == 42.0f, "confidence %f %f %f",
+          confidence[SUPPORT_K], confidence[0], confidence[NK]);
+    CHECK(confidence[1] >= 0.0f && confidence[1] <= 1.0f && confidence[3] >= 0.0f && confidence[3] <= 1.0f,
+          "confidence %f %f", confidence[1], confidence[3]);
+    CHECK(summary.num_suggested <= DSPNET_MAX_SUGGESTIONS, "%zu suggestions", summary.num_suggested);
+    first.struct_size = sizeof first;
+    EXPECT(dspnet_session_info(s, &first), DSPNET_OK);
+    CHECK(first.slices_encoded == 3 && first.cached_slices == 3, "first run: %zu encoded, %zu cached", first.slices_encoded,
+          first.cached_slices);
+
+    /* The correction: slice 1 painted from the truth as well. Same buffer in and out. */
+    for (size_t vx = 0; vx < NV; ++vx) corrected[vx] = (vx / (NI * NJ) == 1) ? truth[vx] : support[vx];
+    memcpy(fresh, corrected, sizeof fresh);
+    EXPECT(dspnet_session_segment(s, corrected, corrected, &o), DSPNET_OK);
+    second.struct_size = sizeof second;
+    EXPECT(dspnet_session_info(s, &second), DSPNET_OK);
+    CHECK(second.slices_encoded == first.slices_encoded, "the correction encoded %zu slices again",
+          second.slices_encoded - first.slices_encoded);
+    CHECK(second.slices_reused > first.slices_reused, "nothing reused");
+    EXPECT(dspnet_model_load(weights, "cpu", model_handle), DSPNET_OK);
+    if (*model_handle != NULL) {
+        EXPECT(dspnet_segment(*model_handle, &v, fresh, fresh, &o), DSPNET_OK);
+        CHECK(memcmp(fresh, corrected, sizeof fresh) == 0, "the corrected session run differs from dspnet_segment");
+    }
+    dspnet_session_free(s);
+}
+
 struct thread_job {
     const dspnet_model_t *model;
     uint16_t *labels;
@@ -581,9 +695,11 @@ int main(int argc, char **argv) {
     EXPECT(dspnet_model_load(weights, "cpu", &model), DSPNET_OK);
     if (model != NULL) {
         test_segment_errors(model);
+        test_session_errors(model);
         if (light || quick) test_light(model);
         if (quick) test_segment(model);
-        if (full) test_full(model);
+        if (quick) test_session(&model, weights);
+        if (full && model != NULL) test_full(model);
         dspnet_model_free(model);
     }
 

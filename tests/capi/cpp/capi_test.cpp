@@ -75,6 +75,27 @@ struct CallbackFailure : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A session gives Model::segment's labels and confidences, and a correction encodes nothing new.
+void session_runs(const dspnet::Model &model, const dspnet::VolumeView<std::int16_t> &view, const std::vector<std::uint16_t> &support,
+                  const dspnet::SegmentOptions &opts) {
+    dspnet::SegmentSummary expected_summary, first_summary;
+    const std::vector<std::uint16_t> expected = model.segment(view, support, opts, &expected_summary);
+    dspnet::Session session(model, view);
+    const std::vector<std::uint16_t> first = session.segment(support, opts, &first_summary);
+    CHECK(first == expected, "session labels differ from Model::segment");
+    CHECK(first_summary.slice_confidence == expected_summary.slice_confidence && first_summary.slice_confidence.size() == NK &&
+              first_summary.slice_confidence[SUPPORT_K] == -1.0f && first_summary.suggested_slices == expected_summary.suggested_slices,
+          "session summary differs");
+    const dspnet::SessionInfo before = session.info();
+    std::vector<std::uint16_t> corrected = support;
+    const std::size_t plane = NI * NJ;
+    std::copy(first.begin() + plane, first.begin() + 2 * plane, corrected.begin() + plane); // accept slice 1 as painted
+    const std::vector<std::uint16_t> again = session.segment(corrected, opts);
+    const dspnet::SessionInfo after = session.info();
+    CHECK(after.slices_encoded == before.slices_encoded && after.slices_reused > before.slices_reused, "correction re-encoded slices");
+    CHECK(again == model.segment(view, corrected, opts), "corrected session run differs from Model::segment");
+}
+
 // One real segmentation checked in detail and a cancel mid-run; with `full`, 4 threads on one model.
 void real_runs(const dspnet::Model &model, const dspnet::VolumeView<std::int16_t> &view, const std::vector<std::uint16_t> &support,
                dspnet::SegmentOptions opts, bool full) {
@@ -231,6 +252,17 @@ int main(int argc, char **argv) {
         }
         if (quick) {
             real_runs(model, view, support, opts, full);
+            session_runs(model, view, support, opts);
+        }
+        // Sessions: an empty one refuses to run; a tiny budget is refused with the C status.
+        {
+            dspnet::Session none;
+            EXPECT_ERROR(none.segment(support, opts), DSPNET_ERROR_NULL_ARGUMENT);
+            EXPECT_ERROR(dspnet::Session(model, view, 16), DSPNET_ERROR_INVALID_ARGUMENT);
+            dspnet::Session s(model, view);
+            EXPECT_ERROR(s.segment(std::vector<std::uint16_t>(NV - 1), opts), DSPNET_ERROR_SHAPE);
+            dspnet::Session moved = std::move(s);
+            CHECK(!s && moved && moved.info().slices_encoded == 0 && moved.dims()[2] == NK, "moved session");
         }
     } catch (const std::exception &e) {
         CHECK(false, std::string("unexpected exception: ") + e.what());

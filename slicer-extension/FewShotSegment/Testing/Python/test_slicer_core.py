@@ -332,6 +332,89 @@ def test_binding_propagation_option_matches_cli(ct, weights, workdir):
                             index_order="ijk")
 
 
+def test_correction_reuses_the_session_and_matches_a_fresh_run(ct, weights):
+    """Paint, run, correct one slice, run again: the second run reuses the session's encoded slices and
+    gives what a run without a session gives; a changed volume gets a new session."""
+    scene = testing.newScene()
+    files = ct["files"]
+    volume = testing.loadVolume(scene, files["image"], name="ct-session")
+    seg = testing.loadSegmentation(scene, files["support"], name="ct-session-seg")
+    liverId = seg.GetSegmentation().GetSegmentIdBySegmentName("Liver")
+    logic = fslogic.FewShotSegmentLogic()
+    logic.clearSessions()
+    first = logic.prepareJob(volume, seg, [liverId], sliceAxis=2, extent=testing.CT_EXTENT)
+    logic.runJob(first, weights=weights, device="cpu")
+    assert not first.reusedSession and logic.sessionCount() == 1
+    summary = first.summary
+    assert summary.slice_confidence.shape == (volume.GetImageData().GetDimensions()[2],)
+    assert np.isnan(summary.slice_confidence[testing.CT_SUPPORT_SLICE])
+    scored = [1, 2, 4]
+    assert all(0.0 <= summary.slice_confidence[z] <= 1.0 for z in scored), summary.slice_confidence
+    assert set(summary.suggested_slices) <= set(scored)
+    session, reused = logic.getSession(first, weights, "cpu")
+    assert reused
+    encoded = session.info()["slices_encoded"]
+    assert encoded == 4  # slices 1..4: the support and the three scored slices
+
+    # The user corrects slice 1 with the true liver outline and runs again.
+    testing.paintSlice(seg, volume, liverId, files["groundTruth"], sliceAxis=2, sliceIndex=1)
+    second = logic.prepareJob(volume, seg, [liverId], sliceAxis=2, extent=testing.CT_EXTENT)
+    logic.runJob(second, weights=weights, device="cpu")
+    assert second.reusedSession
+    info = session.info()
+    assert info["slices_encoded"] == encoded and info["slices_reused"] > 0
+    assert second.summary.slices_processed == 2
+    fresh = logic.prepareJob(volume, seg, [liverId], sliceAxis=2, extent=testing.CT_EXTENT)
+    logic.runJob(fresh, weights=weights, device="cpu", useSession=False)
+    testing.assertSameMask(second.labels, fresh.labels, "corrected run through the session vs without one")
+    assert not np.array_equal(second.labels, first.labels)
+
+    # Changed voxels: a new session replaces the old one.
+    volume.GetImageData().Modified()
+    third = logic.prepareJob(volume, seg, [liverId], sliceAxis=2, extent=testing.CT_EXTENT)
+    logic.runJob(third, weights=weights, device="cpu")
+    assert not third.reusedSession and logic.sessionCount() == 1
+    testing.assertSameMask(third.labels, fresh.labels, "new session after the volume changed")
+    logic.clearSessions()
+    assert logic.sessionCount() == 0
+    with pytest.raises(ValueError):
+        session.info()  # closed with the cache
+
+
+def test_binding_session_matches_segment_and_refuses_bad_input(ct, weights):
+    import nrrd
+    import slicerio
+    image, header = nrrd.read(ct["files"]["image"])
+    spacing = np.linalg.norm(header["space directions"], axis=1)
+    support = slicerio.extract_segments(slicerio.read_segmentation(ct["files"]["support"]), [("Liver", 1)])["voxels"]
+    with binding.Model(weights, device="cpu") as model:
+        expected, summary = binding.segment(model, image, support, spacing, slice_axis="k", extent="1:4",
+                                            index_order="ijk")
+        with binding.Session(model, image, spacing, index_order="ijk") as session:
+            labels, s = session.segment(support, slice_axis="k", extent="1:4")
+            np.testing.assert_array_equal(labels, expected)
+            np.testing.assert_array_equal(s.slice_confidence, summary.slice_confidence)
+            assert s.suggested_slices == summary.suggested_slices
+            with pytest.raises(binding.ShapeError):
+                session.segment(support[:-1], slice_axis="k")
+            with pytest.raises(binding.NoSupportError):
+                session.segment(np.zeros_like(support), slice_axis="k")
+            state = {}
+
+            def reenter(done, total):
+                if done == 1 and "error" not in state:
+                    try:
+                        session.segment(support, slice_axis="k", extent="1:4")
+                    except binding.BusyError as e:
+                        state["error"] = e
+            session.segment(support, slice_axis="k", extent="1:4", progress=reenter)
+            assert isinstance(state.get("error"), binding.BusyError) and state["error"].status == binding.DSPNET_ERROR_BUSY
+        with pytest.raises(binding.InvalidArgumentError):
+            binding.Session(model, image, spacing, index_order="ijk", feature_budget_bytes=10)
+        with pytest.raises(ValueError):
+            session.segment(support)
+
+
 # --------------------------------------------------------------------------------------------------
 # Batch script
 # --------------------------------------------------------------------------------------------------

@@ -394,6 +394,9 @@ public:
     /// As above with the support in a vector, whose size must match the image.
     std::vector<std::uint16_t> segment(const std::vector<std::uint16_t> &support, const SegmentOptions &options = SegmentOptions(),
                                        SegmentSummary *summary = nullptr) {
+        if (!handle_) {
+            throw Error(DSPNET_ERROR_NULL_ARGUMENT, "the session is empty (default-constructed or moved from)");
+        }
         if (support.size() != voxel_count(dims_)) {
             throw Error(DSPNET_ERROR_SHAPE, "support labels size does not match the session's image");
         }

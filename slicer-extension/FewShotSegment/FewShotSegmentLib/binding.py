@@ -1,10 +1,16 @@
-"""ctypes binding of libdspnet's C ABI (``include/dspnet.h``, ABI version 1).
+"""ctypes binding of libdspnet's C ABI (``include/dspnet.h``, ABI version 1; sessions need 0.2).
 
 Plain Python + numpy: no Slicer, no Qt. Usable from Slicer, from batch scripts and from any other tool::
 
     from FewShotSegmentLib import binding
     model = binding.Model("weights.safetensors", device="cpu")
     labels, summary = binding.segment(model, image_kji, support_kji, spacing_ijk=(0.8, 0.8, 2.5))
+    summary.suggested_slices, summary.slice_confidence   # where to look next, per-slice confidence
+
+    # Several runs on one image (corrections): a session keeps the encoded slices between them.
+    with binding.Session(model, image_kji, (0.8, 0.8, 2.5)) as session:
+        labels, summary = session.segment(support_kji)
+        labels, summary = session.segment(corrected_kji)   # seconds: only the head runs again
 
 Arrays are indexed ``[k, j, i]`` (numpy's C order, i fastest): exactly the layout of the C API's
 ``dspnet_volume_t`` and of Slicer's ``slicer.util.arrayFromVolume``, so such arrays are passed to the

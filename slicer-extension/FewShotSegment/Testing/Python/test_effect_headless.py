@@ -319,6 +319,22 @@ def test_effect_preview_then_apply_matches_cli(effectEnv, ct, weights):
     assert e.selectedSegmentIds.GetValue(0) == liverId
     testing.assertSameMask(testing.segmentArray(preview, liverId, effectEnv.volume), ct["cli"] == 1,
                            "effect preview vs dspnet segment")
+    # The least confident slices are named, and the button moves the views onto the first of them.
+    suggested = e.suggestions[2]
+    assert e.suggestionButton.visible and suggested and set(suggested) <= {1, 2, 4}
+    assert f"Least confident slices: {', '.join(str(z) for z in suggested)}" in e.statusLabel.text
+    red = testing.sliceNode(effectEnv.scene, "Red", "Axial")
+    e.onShowSuggestion()
+    volume = effectEnv.volume
+    import vtk
+    rasToIjk = vtk.vtkMatrix4x4()
+    volume.GetRASToIJKMatrix(rasToIjk)
+    origin = [red.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+    assert abs(rasToIjk.MultiplyPoint(origin + [1.0])[2] - suggested[0]) < 1e-6, "the Red view is not on the slice"
+    # Update again (e.g. after a correction): the volume's session is reused.
+    e.onPreview()
+    waitForTask(e)
+    assert "slices reused from the previous run" in e.statusLabel.text, e.statusLabel.text
     e.onApply()
     assert s.undoStates == 1 and e.getPreviewNode() is None
     testing.assertSameMask(testing.segmentArray(effectEnv.seg, liverId, effectEnv.volume), ct["cli"] == 1,

@@ -429,6 +429,15 @@ typedef struct dspnet_session_info_t {
      * Slice features served from the session's memory instead of the backbone.
      */
     size_t slices_reused;
+    /**
+     * Bytes of recorded propagation chains (what made each slice's result; replayed when a later run
+     * walks the same slices from the same painted slice). Counted in the budget, at most a quarter of it.
+     */
+    size_t chain_bytes;
+    /**
+     * Propagation chains replayed instead of scored again, over the session's life.
+     */
+    size_t chains_replayed;
 } dspnet_session_info_t;
 
 /**

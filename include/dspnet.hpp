@@ -204,6 +204,8 @@ struct SessionInfo {
     std::size_t image_bytes = 0;
     std::size_t slices_encoded = 0;
     std::size_t slices_reused = 0;
+    std::size_t chain_bytes = 0;
+    std::size_t chains_replayed = 0;
 };
 
 namespace detail {
@@ -418,6 +420,8 @@ public:
         i.image_bytes = c.image_bytes;
         i.slices_encoded = c.slices_encoded;
         i.slices_reused = c.slices_reused;
+        i.chain_bytes = c.chain_bytes;
+        i.chains_replayed = c.chains_replayed;
         return i;
     }
 

@@ -71,12 +71,42 @@ fn a_correction_reuses_every_encoded_slice_and_matches_a_fresh_run() {
         let corrected = only_slices(&gt.data, dims, &[5, 8]);
         let encoded = s.stats().encoded;
         let reused = s.stats().reused;
+        let replayed = s.stats().chains_replayed;
         let (second, _) = s.segment(model(), &corrected, &opts, &mut |_, _| true).unwrap();
         assert_eq!(s.stats().encoded, encoded, "{propagation:?}: a correction must not encode any slice again");
+        if propagation == Propagation::Memory {
+            // Slice 5's chains walk the same slices as before (the upward one now stops at 6): replayed.
+            assert_eq!(s.stats().chains_replayed - replayed, 2);
+        }
         assert!(s.stats().reused > reused);
         assert!(second == one_shot(&img, &corrected, &opts).0, "{propagation:?}: corrected run differs from a fresh run");
         assert!(second != first, "the correction changed nothing: the test would not see stale features");
     }
+}
+
+#[test]
+fn replayed_chains_under_the_automatic_extent_match_fresh_runs() {
+    let (img, gt, support) = ct();
+    let dims = img.geometry.dims;
+    let mut s = session(&img, 0);
+    // Permissive stop rules so that the synthetic model's chains stop somewhere inside the volume.
+    let mut opts = SegmentOptions::default();
+    opts.memory.presence_threshold = 0.2;
+    let supports = [support.clone(), only_slices(&gt.data, dims, &[5, 1]), support.clone(), only_slices(&gt.data, dims, &[5, 9])];
+    for (i, sup) in supports.iter().enumerate() {
+        let (out, summary) = s.segment(model(), sup, &opts, &mut |_, _| true).unwrap();
+        let (expected, expected_summary) = one_shot(&img, sup, &opts);
+        assert!(out == expected, "run {i}: the session's labels differ from a one-shot run");
+        assert_eq!(summary.presence, expected_summary.presence, "run {i}");
+        assert_eq!(summary.slices_processed, expected_summary.slices_processed);
+    }
+    assert!(s.stats().chains_replayed >= 2, "{:?}", s.stats());
+    // Other settings are not replayed from a record made under different ones.
+    let before = s.stats().chains_replayed;
+    let strict = SegmentOptions { memory: dspnet::volume::MemoryOptions { presence_threshold: 0.9, ..opts.memory.clone() }, ..opts.clone() };
+    let (out, _) = s.segment(model(), &support, &strict, &mut |_, _| true).unwrap();
+    assert_eq!(s.stats().chains_replayed, before);
+    assert!(out == one_shot(&img, &support, &strict).0);
 }
 
 #[test]
@@ -123,11 +153,12 @@ fn the_budget_bounds_the_features_and_not_the_result() {
         let (out, _) = s.segment(model(), &support, &opts, &mut |_, _| true).unwrap();
         assert!(out == one_shot(&img, &support, &opts).0);
         let st = s.stats();
-        assert!(st.bytes <= 3 * one && st.slices <= 3, "{st:?}");
+        assert!(st.bytes + st.chain_bytes <= 3 * one && st.slices <= 3, "{st:?}");
         assert!(st.evicted > 0);
     }
     assert_eq!(s.budget(), 3 * one);
-    assert_eq!(s.held_bytes(), img.data.len() * 4 + s.stats().bytes);
+    assert_eq!(s.held_bytes(), img.data.len() * 4 + s.stats().bytes + s.stats().chain_bytes);
+    assert!(s.stats().bytes + s.stats().chain_bytes <= 3 * one, "recorded chains count in the budget");
 }
 
 #[test]
@@ -232,6 +263,7 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     info2.struct_size = std::mem::size_of::<dspnet_session_info_t>();
     assert_eq!(unsafe { dspnet_session_info(session, &mut info2) }, dspnet_status_t::DSPNET_OK);
     assert!(info2.slices_reused > info.slices_reused);
+    assert!(info2.chain_bytes > 0 && info2.chains_replayed >= 1, "{} {}", info2.chain_bytes, info2.chains_replayed);
 
     // Bad input: status, message, output untouched.
     let mut untouched = vec![0xabcdu16; support.len()];

@@ -61,6 +61,11 @@ pub struct dspnet_session_info_t {
     pub slices_encoded: usize,
     /// Slice features served from the session's memory instead of the backbone.
     pub slices_reused: usize,
+    /// Bytes of recorded propagation chains (what made each slice's result; replayed when a later run
+    /// walks the same slices from the same painted slice). Counted in the budget, at most a quarter of it.
+    pub chain_bytes: usize,
+    /// Propagation chains replayed instead of scored again, over the session's life.
+    pub chains_replayed: usize,
 }
 
 /// Library side of a session handle.
@@ -233,9 +238,11 @@ pub unsafe extern "C" fn dspnet_session_info(session: *const dspnet_session_t, i
             feature_budget_bytes: state.budget(),
             cached_slices: stats.slices,
             cached_bytes: stats.bytes,
-            image_bytes: state.held_bytes() - stats.bytes,
+            image_bytes: state.held_bytes() - stats.bytes - stats.chain_bytes,
             slices_encoded: stats.encoded,
             slices_reused: stats.reused,
+            chain_bytes: stats.chain_bytes,
+            chains_replayed: stats.chains_replayed,
         };
         // SAFETY: non-null, at least `full` writable bytes.
         unsafe { info.write(filled) };

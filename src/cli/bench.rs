@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// Uses the default model unless --weights is given.
     #[arg(long, help_heading = "Session")]
     session: Option<String>,
-    /// --session IMAGE: its support labels.
+    /// --session IMAGE: its support labels (default: --truth on its middle labelled slice along k).
     #[arg(long, requires = "session", help_heading = "Session")]
     support: Option<PathBuf>,
     /// --session IMAGE: ground truth to paint the correction from (default: the first run's prediction).

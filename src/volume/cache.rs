@@ -55,6 +55,10 @@ pub struct CacheStats {
     pub reused: usize,
     /// Entries dropped to stay within the budget.
     pub evicted: usize,
+    /// Memory-propagation chains replayed from an earlier run instead of scored again.
+    pub chains_replayed: usize,
+    /// Bytes held by recorded chains (counted in the budget: see [`FeatureCache::with_budget`]).
+    pub chain_bytes: usize,
 }
 
 /// Whole-slice features of one image, kept between [`segment_cached`](super::segment_cached) runs on that
@@ -74,6 +78,46 @@ pub struct FeatureCache {
     transient: bool,
     /// The canvas of the current run.
     canvas: Option<Canvas>,
+    /// Recorded memory-propagation chains, oldest first (kept only by caches that outlive a run).
+    chains: Vec<(Canvas, std::sync::Arc<ChainRecord>)>,
+}
+
+/// What one memory-propagation chain did, so that a later run on the same image that walks the same
+/// slices from the same painted slice with the same settings takes its outcome instead of scoring again
+/// (each step depends only on the painted slice, the slices visited before it and their features).
+pub(crate) struct ChainRecord {
+    pub label: u16,
+    pub anchor: usize,
+    pub dir: i64,
+    /// The class's painted mask on the anchor slice.
+    pub mask: Vec<bool>,
+    pub settings: ChainSettings,
+    pub steps: Vec<ChainStep>,
+    /// The chain ended by its stop rule after the last step (not at its territory's or the volume's end).
+    pub stopped: bool,
+}
+
+/// The options a chain's outcome depends on.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ChainSettings {
+    pub memory: super::options::MemoryOptions,
+    pub head: crate::model::prototypes::HeadOptions,
+    pub fov: super::options::FovMode,
+    pub stops: bool,
+}
+
+/// One scored slice of a chain.
+pub(crate) struct ChainStep {
+    pub slice: usize,
+    pub presence: f32,
+    /// (pixel index in the slice, foreground score) written into the class's scores.
+    pub written: Vec<(u32, f32)>,
+}
+
+impl ChainRecord {
+    fn bytes(&self) -> usize {
+        self.mask.len() + self.steps.iter().map(|s| 16 + s.written.len() * 8).sum::<usize>()
+    }
 }
 
 impl FeatureCache {
@@ -82,19 +126,56 @@ impl FeatureCache {
         FeatureCache { transient: true, ..FeatureCache::default() }
     }
 
-    /// A cache that keeps every slice it encodes while their features fit in `bytes`, dropping the least
-    /// recently used beyond (the slice in use is never dropped, so one slice may exceed the budget).
+    /// A cache that keeps every slice it encodes while their features (and the recorded chains, at most a
+    /// quarter of it) fit in `bytes`, dropping the least recently used slices beyond (the slice in use is
+    /// never dropped, so one slice may exceed the budget).
     pub fn with_budget(bytes: usize) -> Self {
         FeatureCache { budget: Some(bytes), ..FeatureCache::default() }
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats { slices: self.entries.len(), bytes: self.entries.values().map(|e| e.bytes).sum(), ..self.stats }
+        CacheStats {
+            slices: self.entries.len(),
+            bytes: self.entries.values().map(|e| e.bytes).sum(),
+            chain_bytes: self.chains.iter().map(|(_, c)| c.bytes()).sum(),
+            ..self.stats
+        }
     }
 
-    /// Drop every held slice (the counters stay).
+    /// Drop every held slice and chain (the counters stay).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.chains.clear();
+    }
+
+    /// The recorded chain from `anchor` in direction `dir` for `label`, if its painted mask and settings
+    /// are these.
+    pub(crate) fn chain(&self, label: u16, anchor: usize, dir: i64, mask: &[bool], settings: &ChainSettings) -> Option<std::sync::Arc<ChainRecord>> {
+        let canvas = self.canvas?;
+        self.chains
+            .iter()
+            .rev()
+            .find(|(c, r)| *c == canvas && r.label == label && r.anchor == anchor && r.dir == dir && r.mask == mask && &r.settings == settings)
+            .map(|(_, r)| r.clone())
+    }
+
+    pub(crate) fn replayed_chain(&mut self) {
+        self.stats.chains_replayed += 1;
+    }
+
+    /// Keep a chain for later runs (not in a one-run cache). Recorded chains take at most a quarter of the
+    /// budget (unbounded caches: the 64 latest).
+    pub(crate) fn record_chain(&mut self, record: ChainRecord) {
+        let Some(canvas) = self.canvas else { return };
+        if self.transient {
+            return;
+        }
+        self.chains.retain(|(c, r)| !(*c == canvas && r.label == record.label && r.anchor == record.anchor && r.dir == record.dir));
+        self.chains.push((canvas, std::sync::Arc::new(record)));
+        let limit = self.budget.map_or(usize::MAX, |b| b / 4);
+        while self.chains.len() > 64 || (self.chains.len() > 1 && self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>() > limit) {
+            self.chains.remove(0);
+        }
     }
 
     pub(crate) fn is_transient(&self) -> bool {
@@ -105,6 +186,7 @@ impl FeatureCache {
         let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len());
         if self.key != Some(key) {
             self.entries.clear();
+            self.chains.clear();
             self.key = Some(key);
         }
         self.canvas = Some(Canvas { axis, modality });
@@ -129,7 +211,8 @@ impl FeatureCache {
         let bytes = features.elem_count() * features.dtype().size_in_bytes();
         self.entries.insert((canvas, z), Entry { features, bytes, used: self.clock });
         if let Some(budget) = self.budget {
-            let mut held: usize = self.entries.values().map(|e| e.bytes).sum();
+            // Recorded chains count too (they are at most a quarter of the budget).
+            let mut held: usize = self.entries.values().map(|e| e.bytes).sum::<usize>() + self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>();
             while held > budget && self.entries.len() > 1 {
                 let oldest = *self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k).expect("non-empty");
                 held -= self.entries.remove(&oldest).map_or(0, |e| e.bytes);
@@ -141,7 +224,7 @@ impl FeatureCache {
 
 /// Whole-slice features during one class's pass: the cache, plus query slices encoded ahead in a batch.
 pub(crate) struct SliceFeatures<'c> {
-    cache: &'c mut FeatureCache,
+    pub(crate) cache: &'c mut FeatureCache,
     pub(crate) ahead: HashMap<usize, Tensor>,
     /// Store scored query slices in the cache.
     keep_queries: bool,

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use super::cache::{FeatureCache, SliceFeatures};
+use super::cache::{ChainRecord, ChainSettings, ChainStep, FeatureCache, SliceFeatures};
 use super::options::{ExtentMode, FovMode, MemoryOptions};
 use super::prepared::{bounding_box, SliceLogits};
 use super::slicing::{slice_indices, CanvasFrame};
@@ -86,7 +86,28 @@ fn slice_features(pass: &ClassPass<'_, '_>, feats: &mut SliceFeatures<'_>, z: us
     }
 }
 
-/// Run one chain from `anchor` in direction `dir`, appending (slice, presence) of each scored slice.
+/// The slices a chain from `anchor` in direction `dir` may visit, in order: up to where another painted
+/// slice of its class is nearer (its territory) or the volume ends, skipping slices that may not be scored.
+fn chain_slices(pass: &ClassPass<'_, '_>, anchor: usize, dir: i64, allowed: &[bool]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut z = anchor as i64 + dir;
+    while z >= 0 && (z as usize) < pass.vol.slices() {
+        let zu = z as usize;
+        z += dir;
+        // Nearer another painted slice of this class: that slice's chain owns it (ties: the lower one).
+        if nearest(pass.painted, zu) != anchor {
+            break;
+        }
+        if allowed[zu] {
+            out.push(zu);
+        }
+    }
+    out
+}
+
+/// Run one chain from `anchor` in direction `dir`, appending (slice, presence) of each scored slice. A chain
+/// recorded by an earlier run on the same image (same painted mask and settings) that walked the same
+/// slices is replayed instead of scored: its outcome is the same, step for step.
 #[allow(clippy::too_many_arguments)]
 fn follow_chain(
     pass: &ClassPass<'_, '_>,
@@ -99,25 +120,34 @@ fn follow_chain(
     trace: &mut Vec<(usize, f32)>,
 ) -> Result<()> {
     let vol = pass.vol;
+    let visit = chain_slices(pass, anchor.slice, dir, allowed);
+    let settings = ChainSettings { memory: pass.opts.memory.clone(), head: pass.opts.head.clone(), fov: pass.opts.fov, stops: pass.opts.extent == ExtentMode::Auto };
+    if let Some(record) = feats.cache.chain(pass.label, anchor.slice, dir, &anchor.mask, &settings) {
+        let n = visit.len().min(record.steps.len());
+        // Same slices in the same order, and the record went at least as far as this chain will.
+        if record.steps[..n].iter().zip(&visit).all(|(s, &z)| s.slice == z) && (record.stopped || visit.len() <= record.steps.len()) {
+            for step in &record.steps[..n] {
+                let slice: Vec<usize> = slice_indices(vol.dims, vol.axis, step.slice).collect();
+                for &(p, score) in &step.written {
+                    fg[slice[p as usize]] = score;
+                }
+                ticker.tick()?;
+                trace.push((step.slice, step.presence));
+            }
+            feats.cache.replayed_chain();
+            return Ok(());
+        }
+    }
+    let mut record = ChainRecord { label: pass.label, anchor: anchor.slice, dir, mask: anchor.mask.clone(), settings, steps: Vec::new(), stopped: false };
     let mo = &pass.opts.memory;
-    let stops = pass.opts.extent == ExtentMode::Auto;
+    let stops = record.settings.stops;
     let min_area = ((anchor.area as f64 * mo.min_area_fraction).ceil() as usize).max(1);
     let mut memory: VecDeque<SupportEpisode> = VecDeque::with_capacity(mo.size + 1);
     let mut last_mask = anchor.mask.clone();
     let mut misses = 0usize;
     // Presence of the last accepted slices, for the drop rule.
     let mut recent: VecDeque<f32> = VecDeque::with_capacity(RECENT);
-    let mut z = anchor.slice as i64 + dir;
-    while z >= 0 && (z as usize) < vol.slices() {
-        let zu = z as usize;
-        z += dir;
-        // Nearer another painted slice of this class: that slice's chain owns it (ties: the lower one).
-        if nearest(pass.painted, zu) != anchor.slice {
-            break;
-        }
-        if !allowed[zu] {
-            continue;
-        }
+    for &zu in &visit {
         // Same window size as the painted slice's (same scale), centred on the last accepted mask.
         let window = anchor.window.map(|w| match bounding_box(last_mask.iter().copied(), vol.cols) {
             Some(b) => vol.window_centred_on(b, w),
@@ -132,14 +162,17 @@ fn follow_chain(
         trace.push((zu, presence));
         let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
         let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped;
+        let mut written = Vec::new();
         // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
         if accepted || !stops {
-            for ((v, &on), &score) in slice_indices(vol.dims, vol.axis, zu).zip(&step.mask).zip(&step.fg) {
+            for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(&step.mask).zip(&step.fg).enumerate() {
                 if on {
                     fg[v] = score;
+                    written.push((p as u32, score));
                 }
             }
         }
+        record.steps.push(ChainStep { slice: zu, presence, written });
         if accepted {
             misses = 0;
             if recent.len() == RECENT {
@@ -164,10 +197,12 @@ fn follow_chain(
         } else {
             misses += 1;
             if stops && misses >= mo.patience {
+                record.stopped = true;
                 break;
             }
         }
     }
+    feats.cache.record_chain(record);
     Ok(())
 }
 

@@ -71,9 +71,10 @@ impl Session {
         self.budget
     }
 
-    /// Bytes the session holds: the image copy plus the cached features.
+    /// Bytes the session holds: the image copy, the cached features and the recorded chains.
     pub fn held_bytes(&self) -> usize {
-        self.image.len() * std::mem::size_of::<f32>() + self.cache.stats().bytes
+        let st = self.cache.stats();
+        self.image.len() * std::mem::size_of::<f32>() + st.bytes + st.chain_bytes
     }
 
     pub fn stats(&self) -> CacheStats {

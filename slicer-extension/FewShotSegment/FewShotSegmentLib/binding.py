@@ -259,6 +259,8 @@ class dspnet_session_info_t(ctypes.Structure):
         ("image_bytes", ctypes.c_size_t),
         ("slices_encoded", ctypes.c_size_t),
         ("slices_reused", ctypes.c_size_t),
+        ("chain_bytes", ctypes.c_size_t),
+        ("chains_replayed", ctypes.c_size_t),
     ]
 
 
@@ -792,7 +794,7 @@ class Session:
 
     def info(self):
         """What the session holds: dict of dims (i, j, k), feature_budget_bytes, cached_slices, cached_bytes,
-        image_bytes, slices_encoded, slices_reused."""
+        image_bytes, slices_encoded, slices_reused, chain_bytes, chains_replayed."""
         c = dspnet_session_info_t()
         c.struct_size = ctypes.sizeof(c)
         self.library.check(self.library._cdll.dspnet_session_info(self.handle, ctypes.byref(c)), "dspnet_session_info")

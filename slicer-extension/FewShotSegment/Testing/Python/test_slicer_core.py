@@ -357,8 +357,19 @@ def test_correction_reuses_the_session_and_matches_a_fresh_run(ct, weights):
     assert encoded == 4  # slices 1..4: the support and the three scored slices
 
     # The user corrects slice 1 with the true liver outline and runs again.
-    testing.paintSlice(seg, volume, liverId, files["groundTruth"], sliceAxis=2, sliceIndex=1)
+    import slicer
+    import vtk
+    geometry = fslogic.volumeGeometryInSegmentationFrame(volume, seg)
+    geometry.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    paint = fslogic._numpyFromImageData(geometry)
+    paint[...] = 0
+    paint[testing.CT_SUPPORT_SLICE] = first.support[testing.CT_SUPPORT_SLICE] > 0
+    paint[1] = files["groundTruth"][1] > 0
+    geometry.Modified()
+    segLogic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert segLogic.SetBinaryLabelmapToSegment(geometry, seg, liverId, segLogic.MODE_REPLACE)
     second = logic.prepareJob(volume, seg, [liverId], sliceAxis=2, extent=testing.CT_EXTENT)
+    assert np.nonzero(second.support.any(axis=(1, 2)))[0].tolist() == [1, testing.CT_SUPPORT_SLICE]
     logic.runJob(second, weights=weights, device="cpu")
     assert second.reusedSession
     info = session.info()

@@ -50,7 +50,7 @@
 /**
  * Crate (release) version, minor part.
  */
-#define DSPNET_VERSION_MINOR 1
+#define DSPNET_VERSION_MINOR 2
 
 /**
  * Crate (release) version, patch part.
@@ -554,7 +554,7 @@ extern "C" {
 uint32_t dspnet_abi_version(void);
 
 /**
- * The library's release version, e.g. "0.1.0": a static NUL-terminated string (never NULL, never freed).
+ * The library's release version, e.g. "0.2.0": a static NUL-terminated string (never NULL, never freed).
  */
 const char *dspnet_version(void);
 

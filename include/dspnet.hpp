@@ -270,7 +270,7 @@ inline std::size_t largest(const Dims &d) { return d[0] > d[1] ? (d[0] > d[2] ? 
 
 } // namespace detail
 
-/// Release version of the loaded library, e.g. "0.1.0".
+/// Release version of the loaded library, e.g. "0.2.0".
 inline std::string version() { return dspnet_version(); }
 /// True when the loaded library implements the ABI this header describes.
 inline bool abi_compatible() noexcept { return dspnet_abi_version() == DSPNET_ABI_VERSION; }

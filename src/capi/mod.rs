@@ -37,7 +37,7 @@ pub const DSPNET_ABI_VERSION: u32 = 1;
 /// Crate (release) version, major part; `dspnet_version()` returns the full string.
 pub const DSPNET_VERSION_MAJOR: u32 = 0;
 /// Crate (release) version, minor part.
-pub const DSPNET_VERSION_MINOR: u32 = 1;
+pub const DSPNET_VERSION_MINOR: u32 = 2;
 /// Crate (release) version, patch part.
 pub const DSPNET_VERSION_PATCH: u32 = 0;
 /// The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
@@ -260,7 +260,7 @@ pub extern "C" fn dspnet_abi_version() -> u32 {
     ffi_boundary!("dspnet_abi_version", default = DSPNET_ABI_VERSION, { DSPNET_ABI_VERSION })
 }
 
-/// The library's release version, e.g. "0.1.0": a static NUL-terminated string (never NULL, never freed).
+/// The library's release version, e.g. "0.2.0": a static NUL-terminated string (never NULL, never freed).
 #[no_mangle]
 pub extern "C" fn dspnet_version() -> *const c_char {
     static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {

@@ -352,7 +352,9 @@ static void test_segment_errors(const dspnet_model_t *model) {
     /* A caller built against the first header: its struct ends before `propagation`, which is not read
      * (the default applies), whatever lies in memory after the caller's struct. */
     o.struct_size = offsetof(dspnet_segment_options_t, propagation);
+    o.extent_first = o.extent_last = SUPPORT_K; /* nothing to infer: no backbone pass (this runs under valgrind) */
     EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_OK);
+    CHECK(memcmp(out, support, sizeof out) == 0, "a support-only extent returns the support");
     fill_sentinel(out); /* the failed calls below must leave it as it is */
     o = run_options();
     o.slice_axis = 3;

@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand per job, each in its own file.
 
+mod batch;
 mod bench;
 mod bench_session;
 mod eval;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Segment the structures painted on a few slices of a volume through the whole volume.
     Segment(segment::SegmentArgs),
+    /// Segment many studies listed in a CSV manifest with one model load; resumable (journal), shardable.
+    Batch(batch::BatchArgs),
     /// Score segmentation against ground truth (3D Dice per class) under a protocol.
     Eval(eval::EvalArgs),
     /// Convert an official PyTorch checkpoint (.pth) to safetensors.
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(a) => segment::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Convert(a) => weights_cmds::convert(a),
         Command::Info(a) => weights_cmds::info(a),

@@ -83,7 +83,7 @@ pub struct ModelArgs {
     pub patience: usize,
 }
 
-fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
+pub fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
     match s {
         "auto" => Ok(AxisChoice::Auto),
         "i" | "0" => Ok(AxisChoice::Fixed(0)),
@@ -93,7 +93,7 @@ fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
     }
 }
 
-fn parse_extent(s: &str) -> std::result::Result<ExtentMode, String> {
+pub fn parse_extent(s: &str) -> std::result::Result<ExtentMode, String> {
     match s {
         "auto" => Ok(ExtentMode::Auto),
         "all" => Ok(ExtentMode::All),

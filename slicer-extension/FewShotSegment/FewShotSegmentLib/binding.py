@@ -438,11 +438,35 @@ def load_library(path=None):
 # Model
 # --------------------------------------------------------------------------------------------------
 
-class Model:
+class _Owned:
+    """A library object owned by Python: freed by :meth:`close`, on ``with`` exit or when collected."""
+    _free = None  # name of the C function that frees the handle
+
+    def close(self):
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None and handle.value:
+            getattr(self.library._cdll, self._free)(handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Model(_Owned):
     """A loaded DSPNet model (``dspnet_model_t``). Immutable and shareable between threads.
 
     ``weights``: a .safetensors file, or None for the default model (``$DSPNET_WEIGHTS``, next to the
     library, ...; see ``dspnet_model_load``). ``device``: "auto", "cpu", "cuda" or "cuda:N"."""
+
+    _free = "dspnet_model_free"
 
     def __init__(self, weights=None, device="auto", library=None):
         self.library = library if library is not None else load_library()
@@ -466,23 +490,6 @@ class Model:
         if hasattr(self.library._cdll, "dspnet_model_device"):
             return self.library._cdll.dspnet_model_device(self.handle).decode("utf-8", "replace")
         return "unknown"
-
-    def close(self):
-        handle, self._handle = getattr(self, "_handle", None), None
-        if handle is not None and handle.value:
-            self.library._cdll.dspnet_model_free(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def segment(self, image, support, spacing_ijk, **kwargs):
         """Same as :func:`segment` with this model."""
@@ -736,7 +743,7 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     return (out_kji.T if index_order == "ijk" else out_kji), summary
 
 
-class Session:
+class Session(_Owned):
     """An interactive session (``dspnet_session_t``): the library keeps its own copy of ``image`` and the
     slices it encodes, so that segmenting again after a correction re-runs the prototype head only.
 
@@ -744,6 +751,8 @@ class Session:
     for encoded slices (0 = the library default, 1 GiB; at least one slice, 1 MiB for the default model).
     One segmentation at a time: a call while another runs on the same session raises :class:`BusyError`.
     The session keeps its model alive. Close it (or use ``with``) to free the memory at once."""
+
+    _free = "dspnet_session_free"
 
     def __init__(self, model, image, spacing_ijk, *, index_order="kji", feature_budget_bytes=0):
         if not isinstance(model, Model):
@@ -801,23 +810,6 @@ class Session:
         d = {name: getattr(c, name) for name, _ in dspnet_session_info_t._fields_ if name not in ("struct_size", "dims")}
         d["dims"] = tuple(c.dims)
         return d
-
-    def close(self):
-        handle, self._handle = getattr(self, "_handle", None), None
-        if handle is not None and handle.value:
-            self.library._cdll.dspnet_session_free(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def version():

@@ -109,6 +109,22 @@ fn replayed_chains_under_the_automatic_extent_match_fresh_runs() {
     assert!(out == one_shot(&img, &support, &strict).0);
 }
 
+/// A cache reused on the same buffer with corrected voxel spacing must not serve the old canvas's features.
+#[test]
+fn a_cache_does_not_reuse_features_across_spacings() {
+    let (img, _, support) = ct();
+    let opts = SegmentOptions { extent: ExtentMode::All, ..Default::default() };
+    let mut cache = dspnet::volume::FeatureCache::default();
+    let dims = img.geometry.dims;
+    let first = VolumeRef { data: &img.data, dims, spacing: img.geometry.spacing };
+    dspnet::volume::segment_cached(model(), first, &support, &opts, &mut |_, _| true, &mut cache).unwrap();
+    let corrected = VolumeRef { data: &img.data, dims, spacing: [0.45, 0.9, 2.5] };
+    let (out, _) = dspnet::volume::segment_cached(model(), corrected, &support, &opts, &mut |_, _| true, &mut cache).unwrap();
+    let (fresh, _) = segment(model(), corrected, &support, &opts, &mut |_, _| true).unwrap();
+    assert!(out == fresh, "stale features after a spacing change");
+    assert_eq!(cache.stats().encoded, 2 * dims[2]);
+}
+
 #[test]
 fn other_axes_and_modalities_get_their_own_slices() {
     let (img, gt, support) = ct();

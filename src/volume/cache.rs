@@ -62,12 +62,14 @@ pub struct CacheStats {
 }
 
 /// Whole-slice features of one image, kept between [`segment_cached`](super::segment_cached) runs on that
-/// same image. Entries are tied to the model and image buffer they were computed for (any other pair
-/// clears them) and keyed by slice axis and intensity recipe, so runs along different axes share the
+/// same image. Entries are tied to the model, image buffer and voxel spacing they were computed for (any
+/// other clears them) and keyed by slice axis and intensity recipe, so runs along different axes share the
 /// cache. With a byte budget the least recently used slices are dropped once it is exceeded.
 #[derive(Default)]
 pub struct FeatureCache {
-    key: Option<(usize, usize, usize)>,
+    /// Model, image buffer (address, length) and voxel spacing the entries were computed for: spacing
+    /// changes how a slice is fitted into the canvas.
+    key: Option<(usize, usize, usize, [u64; 3])>,
     entries: HashMap<(Canvas, usize), Entry>,
     clock: u64,
     /// None: unbounded.
@@ -183,7 +185,7 @@ impl FeatureCache {
     }
 
     pub(crate) fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: Modality) {
-        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len());
+        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len(), image.spacing.map(f64::to_bits));
         if self.key != Some(key) {
             self.entries.clear();
             self.chains.clear();
@@ -270,7 +272,7 @@ mod tests {
 
     fn cache_on_canvas(budget: usize) -> FeatureCache {
         let mut c = FeatureCache::with_budget(budget);
-        c.key = Some((1, 2, 3));
+        c.key = Some((1, 2, 3, [0; 3]));
         c.canvas = Some(Canvas { axis: 2, modality: Modality::Ct });
         c
     }

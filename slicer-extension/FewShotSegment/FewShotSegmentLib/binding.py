@@ -593,7 +593,7 @@ def _c_options(lib, slice_axis, extent, modality, fov, components, classes, prop
         raise InvalidArgumentError(f"unknown option value {e}", status=DSPNET_ERROR_INVALID_ARGUMENT) from None
     opts.extent, opts.extent_first, opts.extent_last = parse_extent(extent)
     class_buf = None
-    if classes:
+    if classes is not None and len(classes) > 0:  # a numpy array of classes has no truth value
         class_buf = (ctypes.c_uint16 * len(classes))(*[int(c) for c in classes])
         opts.classes = ctypes.cast(class_buf, ctypes.POINTER(ctypes.c_uint16))
         opts.num_classes = len(classes)

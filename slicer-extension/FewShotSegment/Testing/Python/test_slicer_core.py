@@ -406,6 +406,9 @@ def test_binding_session_matches_segment_and_refuses_bad_input(ct, weights):
             np.testing.assert_array_equal(labels, expected)
             np.testing.assert_array_equal(s.slice_confidence, summary.slice_confidence)
             assert s.suggested_slices == summary.suggested_slices
+            # Classes as a numpy array (more than one entry: no truth value), duplicates allowed.
+            same, _ = session.segment(support, slice_axis="k", extent="1:4", classes=np.array([1, 1], np.uint16))
+            np.testing.assert_array_equal(same, expected)
             with pytest.raises(binding.ShapeError):
                 session.segment(support[:-1], slice_axis="k")
             with pytest.raises(binding.NoSupportError):

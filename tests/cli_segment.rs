@@ -130,3 +130,15 @@ fn preview_png_is_written() {
     let info = reader.info();
     assert!(info.width >= 256 && info.height >= 256);
 }
+
+/// A huge DSPNET_MEMORY_LIMIT_MB means no limit: 2^44 MB is 2^64 bytes, which must not wrap to 0.
+#[test]
+fn a_huge_memory_limit_does_not_wrap() {
+    let case = ct_case("memory-limit", 3);
+    let out = case.dir.join("out.nrrd");
+    let a = args!["segment", case.image, "--support", case.support, "-o", out, "--weights", weights(), "--device", "cpu", "--quiet", "--extent", "3:3"];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet")).args(&a).env("DSPNET_MEMORY_LIMIT_MB", "17592186044416").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet")).args(&a).env("DSPNET_MEMORY_LIMIT_MB", "0").output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("DSPNET_MEMORY_LIMIT_MB"), "{}", stderr(&o));
+}

@@ -280,7 +280,8 @@ pub fn summary_json(s: &volume::SegmentSummary) -> serde_json::Value {
 pub fn estimate_memory(img: &Volume<f32>) -> Result<()> {
     let voxels = img.geometry.voxel_count()? as u64;
     let bytes = voxels.saturating_mul(14);
-    let limit: u64 = std::env::var("DSPNET_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(32 * 1024) * 1024 * 1024;
+    // Saturating: a huge limit means no limit, it must not wrap around to a tiny one.
+    let limit: u64 = std::env::var("DSPNET_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(32 * 1024).saturating_mul(1024 * 1024);
     if bytes > limit {
         return Err(DspnetError::OutOfMemory(format!(
             "a {:?} volume needs about {} MB of working memory (limit {} MB; set DSPNET_MEMORY_LIMIT_MB to change it)",

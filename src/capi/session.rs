@@ -238,7 +238,7 @@ pub unsafe extern "C" fn dspnet_session_info(session: *const dspnet_session_t, i
             feature_budget_bytes: state.budget(),
             cached_slices: stats.slices,
             cached_bytes: stats.bytes,
-            image_bytes: state.held_bytes() - stats.bytes - stats.chain_bytes,
+            image_bytes: state.image_bytes(),
             slices_encoded: stats.encoded,
             slices_reused: stats.reused,
             chain_bytes: stats.chain_bytes,

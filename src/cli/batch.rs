@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use dspnet::io::{write_labels, Volume};
-use dspnet::volume::{self, ComponentsMode, FovMode, ModalityChoice, Propagation, SegmentOptions, VolumeRef};
+use dspnet::volume::{self, SegmentOptions, VolumeRef};
 use dspnet::{DspnetError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -109,30 +109,21 @@ fn study_options(base: &SegmentOptions, row: &HashMap<String, String>) -> std::r
     if let Some(v) = get("extent") {
         o.extent = parse_extent(v).map_err(|e| format!("extent: {e}"))?;
     }
+    // A value in the row is parsed as the same command-line flag would be.
+    fn flag<T: ValueEnum>(name: &str, v: &str) -> std::result::Result<T, String> {
+        T::from_str(v, true).map_err(|e| format!("{name}: {e}"))
+    }
     if let Some(v) = get("modality") {
-        o.modality = match ModalityArg::from_str(v, true).map_err(|e| format!("modality: {e}"))? {
-            ModalityArg::Auto => ModalityChoice::Auto,
-            ModalityArg::Ct => ModalityChoice::Ct,
-            ModalityArg::Mri => ModalityChoice::Mri,
-        };
+        o.modality = flag::<ModalityArg>("modality", v)?.into();
     }
     if let Some(v) = get("fov") {
-        o.fov = match FovArg::from_str(v, true).map_err(|e| format!("fov: {e}"))? {
-            FovArg::Slice => FovMode::Slice,
-            FovArg::Auto => FovMode::Auto,
-        };
+        o.fov = flag::<FovArg>("fov", v)?.into();
     }
     if let Some(v) = get("components") {
-        o.components = match ComponentsArg::from_str(v, true).map_err(|e| format!("components: {e}"))? {
-            ComponentsArg::Support => ComponentsMode::Support,
-            ComponentsArg::All => ComponentsMode::All,
-        };
+        o.components = flag::<ComponentsArg>("components", v)?.into();
     }
     if let Some(v) = get("propagation") {
-        o.propagation = match PropagationArg::from_str(v, true).map_err(|e| format!("propagation: {e}"))? {
-            PropagationArg::Memory => Propagation::Memory,
-            PropagationArg::Independent => Propagation::Independent,
-        };
+        o.propagation = flag::<PropagationArg>("propagation", v)?.into();
     }
     Ok(o)
 }

@@ -24,6 +24,43 @@ pub enum PropagationArg {
     Independent,
 }
 
+impl From<ModalityArg> for ModalityChoice {
+    fn from(m: ModalityArg) -> Self {
+        match m {
+            ModalityArg::Auto => ModalityChoice::Auto,
+            ModalityArg::Ct => ModalityChoice::Ct,
+            ModalityArg::Mri => ModalityChoice::Mri,
+        }
+    }
+}
+
+impl From<FovArg> for FovMode {
+    fn from(f: FovArg) -> Self {
+        match f {
+            FovArg::Slice => FovMode::Slice,
+            FovArg::Auto => FovMode::Auto,
+        }
+    }
+}
+
+impl From<ComponentsArg> for ComponentsMode {
+    fn from(c: ComponentsArg) -> Self {
+        match c {
+            ComponentsArg::Support => ComponentsMode::Support,
+            ComponentsArg::All => ComponentsMode::All,
+        }
+    }
+}
+
+impl From<PropagationArg> for Propagation {
+    fn from(p: PropagationArg) -> Self {
+        match p {
+            PropagationArg::Memory => Propagation::Memory,
+            PropagationArg::Independent => Propagation::Independent,
+        }
+    }
+}
+
 /// Options shared by `segment` and `eval`.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -118,25 +155,12 @@ impl ModelArgs {
     pub fn options(&self) -> SegmentOptions {
         SegmentOptions {
             axis: self.axis,
-            modality: match self.modality {
-                ModalityArg::Auto => ModalityChoice::Auto,
-                ModalityArg::Ct => ModalityChoice::Ct,
-                ModalityArg::Mri => ModalityChoice::Mri,
-            },
+            modality: self.modality.into(),
             extent: self.extent,
-            fov: match self.fov {
-                FovArg::Slice => FovMode::Slice,
-                FovArg::Auto => FovMode::Auto,
-            },
-            components: match self.components {
-                ComponentsArg::Support => ComponentsMode::Support,
-                ComponentsArg::All => ComponentsMode::All,
-            },
+            fov: self.fov.into(),
+            components: self.components.into(),
             classes: self.classes.clone(),
-            propagation: match self.propagation {
-                PropagationArg::Memory => Propagation::Memory,
-                PropagationArg::Independent => Propagation::Independent,
-            },
+            propagation: self.propagation.into(),
             memory: MemoryOptions {
                 size: self.memory_size,
                 painted_weight: self.painted_weight,

@@ -144,12 +144,6 @@ impl FeatureCache {
         }
     }
 
-    /// Drop every held slice and chain (the counters stay).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.chains.clear();
-    }
-
     /// The recorded chain from `anchor` in direction `dir` for `label`, if its painted mask and settings
     /// are these.
     pub(crate) fn chain(&self, label: u16, anchor: usize, dir: i64, mask: &[bool], settings: &ChainSettings) -> Option<std::sync::Arc<ChainRecord>> {

@@ -71,10 +71,15 @@ impl Session {
         self.budget
     }
 
+    /// Bytes of the session's image copy.
+    pub fn image_bytes(&self) -> usize {
+        self.image.len() * std::mem::size_of::<f32>()
+    }
+
     /// Bytes the session holds: the image copy, the cached features and the recorded chains.
     pub fn held_bytes(&self) -> usize {
         let st = self.cache.stats();
-        self.image.len() * std::mem::size_of::<f32>() + st.bytes + st.chain_bytes
+        self.image_bytes() + st.bytes + st.chain_bytes
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -50,7 +50,7 @@
 /**
  * Crate (release) version, minor part.
  */
-#define DSPNET_VERSION_MINOR 2
+#define DSPNET_VERSION_MINOR 3
 
 /**
  * Crate (release) version, patch part.
@@ -645,6 +645,27 @@ enum dspnet_status_t dspnet_segment_with_summary(const struct dspnet_model_t *mo
                                                  uint16_t *out_labels,
                                                  const struct dspnet_segment_options_t *options,
                                                  struct dspnet_segment_summary_t *summary);
+
+/**
+ * Segment one study from files to a file: read `image_path` (NIfTI, NRRD or a DICOM folder) and
+ * `support_path` (labels on the image's grid), segment as `dspnet_segment()` does with `options`, and
+ * write the labels to `output_path` (`.nii`, `.nii.gz`, `.nrrd` or `.seg.nrrd`, with the image's
+ * geometry), creating its folder. This is exactly what `dspnet segment` and `dspnet batch` do for a study.
+ *
+ * The output is written to a temporary file in the same folder and renamed into place: a failed,
+ * cancelled or killed run never leaves a partial output or clobbers an existing one (a temporary left
+ * by a killed process is removed by the next run for that output). `summary` may be NULL.
+ *
+ * Errors: NULL_ARGUMENT, IO (a file that cannot be read or written), VOLUME_FORMAT (a malformed file),
+ * INVALID_ARGUMENT (support not on the image's grid, bad option, output extension), OUT_OF_MEMORY
+ * (above `DSPNET_MEMORY_LIMIT_MB`), and those of `dspnet_segment()`.
+ */
+enum dspnet_status_t dspnet_segment_files(const struct dspnet_model_t *model,
+                                          const char *image_path,
+                                          const char *support_path,
+                                          const char *output_path,
+                                          const struct dspnet_segment_options_t *options,
+                                          struct dspnet_segment_summary_t *summary);
 
 /**
  * Fill `options` with the defaults and set `options->struct_size`. NULL is a no-op.

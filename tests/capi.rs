@@ -163,3 +163,70 @@ fn c_abi_matches_rust_api_and_is_shareable() {
     unsafe { dspnet_model_free(handle) }; // a second free is a no-op
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dspnet_segment_files`: the same labels as `dspnet::volume::segment` on the files' voxels, written with
+/// the image's geometry; bad arguments and unreadable files give their status and leave no output.
+#[test]
+fn segment_files_reads_segments_and_writes_atomically() {
+    use dspnet::io::{write_labels, Volume};
+    let dir = std::env::temp_dir().join(format!("dspnet-capi-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = dir.join("w.safetensors");
+    dspnet::weights::write_synthetic(&weights, &dspnet::model::config::ModelConfig { depth: 50, ..Default::default() }, 1).unwrap();
+    let image_path = root().join("tests/data/ct-liver/image.nii.gz");
+    let image = read_image(&image_path).unwrap();
+    let truth = read_labels(&root().join("tests/data/ct-liver/labels.nii.gz")).unwrap();
+    let [ni, nj, _] = image.geometry.dims;
+    let painted: Vec<u16> = truth.data.iter().enumerate().map(|(v, &l)| if v / (ni * nj) == 64 { l } else { 0 }).collect();
+    let support_path = dir.join("support.nii.gz");
+    write_labels(&support_path, &Volume::new(painted.clone(), truth.geometry.clone()).unwrap(), None).unwrap();
+
+    let model = dspnet::model::Model::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let opts = dspnet::volume::SegmentOptions { extent: dspnet::volume::ExtentMode::Range(62, 66), ..Default::default() };
+    let vref = dspnet::volume::VolumeRef { data: &image.data, dims: image.geometry.dims, spacing: image.geometry.spacing };
+    let (expected, _) = dspnet::volume::segment(&model, vref, &painted, &opts, &mut |_, _| true).unwrap();
+
+    let cpath = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let w = cpath(&weights);
+    let mut handle = std::ptr::null_mut();
+    assert_eq!(unsafe { dspnet_model_load(w.as_ptr(), c"cpu".as_ptr(), &mut handle) }, dspnet_status_t::DSPNET_OK, "{}", message());
+    let mut o = std::mem::MaybeUninit::uninit();
+    unsafe { dspnet_segment_options_init(o.as_mut_ptr()) };
+    let mut o = unsafe { o.assume_init() };
+    o.extent = DSPNET_EXTENT_RANGE;
+    (o.extent_first, o.extent_last) = (62, 66);
+    let output = dir.join("nested/out.nrrd");
+    let (img_c, sup_c, out_c) = (cpath(&image_path), cpath(&support_path), cpath(&output));
+    let mut summary: dspnet_segment_summary_t = unsafe { std::mem::zeroed() };
+    summary.struct_size = std::mem::size_of::<dspnet_segment_summary_t>();
+    let st = unsafe { dspnet_segment_files(handle, img_c.as_ptr(), sup_c.as_ptr(), out_c.as_ptr(), &o, &mut summary) };
+    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+    let written = read_labels(&output).unwrap();
+    assert!(written.data == expected, "labels differ from dspnet::volume::segment's");
+    assert!(written.geometry.same_grid(&image.geometry, 1e-6), "the output must carry the image's geometry");
+    assert_eq!(summary.labelled_voxels, expected.iter().filter(|&&l| l != 0).count());
+    assert_eq!(summary.num_slices, image.geometry.dims[2]);
+
+    // Errors: NULL and empty paths, a missing image, a bad output extension; nothing written.
+    let missing = cpath(&dir.join("missing.nii.gz"));
+    let other = dir.join("other.nii.gz");
+    let other_c = cpath(&other);
+    let bad_ext = cpath(&dir.join("out.png"));
+    let st = unsafe { dspnet_segment_files(handle, std::ptr::null(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
+    assert!(message().contains("image_path"), "{}", message());
+    let st = unsafe { dspnet_segment_files(handle, img_c.as_ptr(), c"".as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert!(message().contains("support_path is empty"), "{}", message());
+    let st = unsafe { dspnet_segment_files(handle, missing.as_ptr(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_IO);
+    assert!(message().contains("missing.nii.gz"), "{}", message());
+    let st = unsafe { dspnet_segment_files(handle, img_c.as_ptr(), sup_c.as_ptr(), bad_ext.as_ptr(), &o, std::ptr::null_mut()) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT, "{}", message());
+    assert!(!other.exists() && !dir.join("out.png").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    unsafe { dspnet_model_free(handle) };
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,16 +24,30 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char) -> Option<&'a CStr> {
     }
 }
 
-/// A file path from C: the bytes as they are on Unix, UTF-8 elsewhere.
-pub(crate) fn path_from_c(p: &CStr) -> Result<PathBuf, Failure> {
+/// A required, non-empty path argument named `what` in errors.
+///
+/// # Safety
+/// As [`c_str`].
+pub(crate) unsafe fn path_arg(p: *const c_char, what: &str) -> Result<PathBuf, Failure> {
+    // SAFETY: per the function contract.
+    match unsafe { c_str(p) } {
+        None => Err(Failure::null(what)),
+        Some(s) if s.is_empty() => Err(Failure::invalid(format!("{what} is empty"))),
+        Some(s) => path_from_c(s, what),
+    }
+}
+
+/// A file path from C (`what` names it in errors): the bytes as they are on Unix, UTF-8 elsewhere.
+pub(crate) fn path_from_c(p: &CStr, what: &str) -> Result<PathBuf, Failure> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
+        let _ = what; // every byte string is a path on Unix
         Ok(PathBuf::from(std::ffi::OsStr::from_bytes(p.to_bytes())))
     }
     #[cfg(not(unix))]
     {
-        p.to_str().map(PathBuf::from).map_err(|_| Failure::invalid("the weights path is not UTF-8"))
+        p.to_str().map(PathBuf::from).map_err(|_| Failure::invalid(format!("{what} is not UTF-8")))
     }
 }
 
@@ -66,6 +80,20 @@ pub(crate) struct Options {
     pub segment: SegmentOptions,
     pub progress: dspnet_progress_fn,
     pub user_data: *mut c_void,
+}
+
+impl Options {
+    /// The caller's progress callback as the engine's progress function (always "go on" without one).
+    ///
+    /// # Safety
+    /// `progress`, when set, is a function that may be called with `user_data` for the whole run.
+    pub(crate) unsafe fn progress_callback(&self) -> impl FnMut(usize, usize) -> bool + '_ {
+        move |done, total| match self.progress {
+            // SAFETY: the caller's function pointer and user_data, called as documented.
+            Some(f) => (unsafe { f(self.user_data, done, total) }) == 0,
+            None => true,
+        }
+    }
 }
 
 /// Read and validate the caller's options (NULL = defaults). Only the fields of this version are read.

@@ -37,7 +37,7 @@ pub const DSPNET_ABI_VERSION: u32 = 1;
 /// Crate (release) version, major part; `dspnet_version()` returns the full string.
 pub const DSPNET_VERSION_MAJOR: u32 = 0;
 /// Crate (release) version, minor part.
-pub const DSPNET_VERSION_MINOR: u32 = 2;
+pub const DSPNET_VERSION_MINOR: u32 = 3;
 /// Crate (release) version, patch part.
 pub const DSPNET_VERSION_PATCH: u32 = 0;
 /// The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
@@ -315,7 +315,7 @@ pub unsafe extern "C" fn dspnet_model_load(weights_path: *const c_char, device: 
         // SAFETY: checked non-null; the caller provides a writable pointer-sized slot.
         unsafe { out_model.write(std::ptr::null_mut()) };
         let path = match unsafe { input::c_str(weights_path) } {
-            Some(p) if !p.to_bytes().is_empty() => input::path_from_c(p)?,
+            Some(p) if !p.to_bytes().is_empty() => input::path_from_c(p, "the weights path")?,
             _ => input::default_weights()?,
         };
         let device_name = match unsafe { input::c_str(device) } {
@@ -430,6 +430,47 @@ pub unsafe extern "C" fn dspnet_segment_with_summary(
     ffi_boundary!("dspnet_segment_with_summary", { unsafe { segment_impl(model, image, support_labels, out_labels, options, summary) } })
 }
 
+/// Segment one study from files to a file: read `image_path` (NIfTI, NRRD or a DICOM folder) and
+/// `support_path` (labels on the image's grid), segment as `dspnet_segment()` does with `options`, and
+/// write the labels to `output_path` (`.nii`, `.nii.gz`, `.nrrd` or `.seg.nrrd`, with the image's
+/// geometry), creating its folder. This is exactly what `dspnet segment` and `dspnet batch` do for a study.
+///
+/// The output is written to a temporary file in the same folder and renamed into place: a failed,
+/// cancelled or killed run never leaves a partial output or clobbers an existing one (a temporary left
+/// by a killed process is removed by the next run for that output). `summary` may be NULL.
+///
+/// Errors: NULL_ARGUMENT, IO (a file that cannot be read or written), VOLUME_FORMAT (a malformed file),
+/// INVALID_ARGUMENT (support not on the image's grid, bad option, output extension), OUT_OF_MEMORY
+/// (above `DSPNET_MEMORY_LIMIT_MB`), and those of `dspnet_segment()`.
+#[no_mangle]
+pub unsafe extern "C" fn dspnet_segment_files(
+    model: *const dspnet_model_t,
+    image_path: *const c_char,
+    support_path: *const c_char,
+    output_path: *const c_char,
+    options: *const dspnet_segment_options_t,
+    summary: *mut dspnet_segment_summary_t,
+) -> dspnet_status_t {
+    ffi_boundary!("dspnet_segment_files", {
+        let model = live_model(model)?;
+        // SAFETY: NULL or NUL-terminated strings, per the contract.
+        let image = unsafe { input::path_arg(image_path, "image_path") }?;
+        let support = unsafe { input::path_arg(support_path, "support_path") }?;
+        let output = unsafe { input::path_arg(output_path, "output_path") }?;
+        // SAFETY: per the function contract.
+        let opts = unsafe { input::read_options(options) }?;
+        let summary = unsafe { SummaryOut::read(summary) }?;
+        // SAFETY: the caller's callback, per the options' contract.
+        let mut callback = unsafe { opts.progress_callback() };
+        let (labels, run) = volume::segment_files(&model.model, &image, &support, &output, &opts.segment, &mut callback)?;
+        if let Some(out) = summary {
+            // SAFETY: per SummaryOut::read's contract.
+            unsafe { write_summary(&out, &run, &labels.data) };
+        }
+        Ok(())
+    })
+}
+
 /// The body shared by both segment entry points.
 unsafe fn segment_impl(
     model: *const dspnet_model_t,
@@ -473,6 +514,42 @@ struct SummaryOut {
     capacity: usize,
 }
 
+impl SummaryOut {
+    /// The caller's summary struct, checked: NULL (none wanted) or at least the first version's size.
+    ///
+    /// # Safety
+    /// `summary` is NULL or a writable struct of its `struct_size` whose confidence buffer, when given,
+    /// holds `slice_confidence_capacity` floats.
+    unsafe fn read(summary: *mut dspnet_segment_summary_t) -> Result<Option<SummaryOut>, Failure> {
+    let out = if summary.is_null() {
+        None
+    } else {
+        // SAFETY: non-null; struct_size is its first field.
+        let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
+        let v1 = std::mem::offset_of!(dspnet_segment_summary_t, num_slices);
+        if size < v1 {
+            return Err(Failure::invalid(format!(
+                "summary->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_summary_t) in ABI version 1); set it to sizeof(dspnet_segment_summary_t)"
+            )));
+        }
+        let covers = |end: usize| size >= end;
+        let (mut confidence, mut capacity) = (std::ptr::null_mut(), 0);
+        if covers(std::mem::offset_of!(dspnet_segment_summary_t, num_suggested)) {
+            // SAFETY: inside the caller's struct_size.
+            confidence = unsafe { std::ptr::addr_of!((*summary).slice_confidence).read() };
+            capacity = unsafe { std::ptr::addr_of!((*summary).slice_confidence_capacity).read() };
+            if !confidence.is_null() {
+                input::check_aligned(confidence as *const f32, "summary->slice_confidence")?;
+            } else {
+                capacity = 0;
+            }
+        }
+        Some(SummaryOut { ptr: summary, size, confidence, capacity })
+    };
+        Ok(out)
+    }
+}
+
 impl SegmentCall {
     /// # Safety
     /// `support` and `out_labels` are NULL (reported) or hold `n` elements; `options` is NULL or a
@@ -495,31 +572,8 @@ impl SegmentCall {
         input::check_aligned(out_labels, "out_labels")?;
         // SAFETY: per the function contract.
         let opts = unsafe { input::read_options(options) }?;
-        let summary = if summary.is_null() {
-            None
-        } else {
-            // SAFETY: non-null; struct_size is its first field.
-            let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
-            let v1 = std::mem::offset_of!(dspnet_segment_summary_t, num_slices);
-            if size < v1 {
-                return Err(Failure::invalid(format!(
-                    "summary->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_summary_t) in ABI version 1); set it to sizeof(dspnet_segment_summary_t)"
-                )));
-            }
-            let covers = |end: usize| size >= end;
-            let (mut confidence, mut capacity) = (std::ptr::null_mut(), 0);
-            if covers(std::mem::offset_of!(dspnet_segment_summary_t, num_suggested)) {
-                // SAFETY: inside the caller's struct_size.
-                confidence = unsafe { std::ptr::addr_of!((*summary).slice_confidence).read() };
-                capacity = unsafe { std::ptr::addr_of!((*summary).slice_confidence_capacity).read() };
-                if !confidence.is_null() {
-                    input::check_aligned(confidence as *const f32, "summary->slice_confidence")?;
-                } else {
-                    capacity = 0;
-                }
-            }
-            Some(SummaryOut { ptr: summary, size, confidence, capacity })
-        };
+        // SAFETY: per the function contract.
+        let summary = unsafe { SummaryOut::read(summary) }?;
         Ok(SegmentCall { support, out_labels, n, opts, summary })
     }
 
@@ -535,13 +589,8 @@ impl SegmentCall {
         let opts = &self.opts;
         // SAFETY: non-null and aligned (checked in new), n elements per the caller contract.
         let support = unsafe { input::u16_slice(self.support, self.n, "support_labels") }?;
-        let mut callback = |done: usize, total: usize| -> bool {
-            match opts.progress {
-                // SAFETY: the caller's function pointer and user_data, called as documented.
-                Some(f) => (unsafe { f(opts.user_data, done, total) }) == 0,
-                None => true,
-            }
-        };
+        // SAFETY: the caller's callback, per the options' contract.
+        let mut callback = unsafe { opts.progress_callback() };
         let (labels, run) = segment(support, &opts.segment, &mut callback)?;
         if labels.len() != self.n {
             return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_PANIC, format!("internal error: {} labels for {} voxels", labels.len(), self.n)));

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use dspnet::io::{write_labels, Volume};
-use dspnet::volume::{self, SegmentOptions, VolumeRef};
+use dspnet::volume::{self, SegmentOptions};
 use dspnet::{DspnetError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::segment::{estimate_memory, parse_axis, parse_extent, read_pair, ComponentsArg, FovArg, ModalityArg, ModelArgs, PropagationArg};
+use super::segment::{parse_axis, parse_extent, ComponentsArg, FovArg, ModalityArg, ModelArgs, PropagationArg};
 
 #[derive(Args)]
 pub struct BatchArgs {
@@ -201,31 +200,8 @@ fn append_journal(path: &Path, line: &serde_json::Value) -> Result<()> {
 
 fn run_study(model: &dspnet::model::Model, s: &Study) -> Result<usize> {
     let opts = s.options.clone().map_err(DspnetError::InvalidArgument)?;
-    let (img, lab) = read_pair(&s.image, &s.support)?;
-    estimate_memory(&img)?;
-    let view = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
-    let (labels, _) = volume::segment(model, view, &lab.data, &opts, &mut |_, _| true)?;
-    let labelled = labels.iter().filter(|&&l| l != 0).count();
-    if let Some(dir) = s.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DspnetError::io(dir, e))?;
-        remove_stale_temporaries(dir, &s.output);
-    }
-    write_labels(&s.output, &Volume::new(labels, img.geometry.clone())?, Some(&s.image))?;
-    Ok(labelled)
-}
-
-/// A run killed while writing an output leaves its temporary file (`.NAME.tmp-PID`, never the output
-/// itself); the study's next attempt removes it.
-fn remove_stale_temporaries(dir: &Path, output: &Path) {
-    let Some(name) = output.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
-    let prefix = format!(".{name}.tmp-");
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    let (labels, _) = volume::segment_files(model, &s.image, &s.support, &s.output, &opts, &mut |_, _| true)?;
+    Ok(labels.data.iter().filter(|&&l| l != 0).count())
 }
 
 fn write_report(path: &Path, studies: &[&Study], outcomes: &[Outcome]) -> Result<()> {

@@ -11,7 +11,6 @@ use dspnet::volume::slicing::slice_indices;
 use dspnet::volume::{self, SegmentOptions, Session, VolumeRef};
 use dspnet::{DspnetError, Result};
 
-use super::segment::read_pair;
 
 /// Where the session bench's image comes from.
 pub struct SessionBench {
@@ -89,17 +88,17 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
         None => {
             let path = std::path::Path::new(&b.image);
             let truth = match &b.truth {
-                Some(t) => Some(read_pair(path, t)?.1.data),
+                Some(t) => Some(dspnet::volume::read_study(path, t)?.1.data),
                 None => None,
             };
             let (img, support) = match (&b.support, &truth) {
                 (Some(sup), _) => {
-                    let (img, lab) = read_pair(path, sup)?;
+                    let (img, lab) = dspnet::volume::read_study(path, sup)?;
                     (img, lab.data)
                 }
                 // No support given: the truth on its middle labelled slice along k, as `dspnet eval` paints.
                 (None, Some(t)) => {
-                    let img = read_pair(path, b.truth.as_ref().expect("truth"))?.0;
+                    let img = dspnet::volume::read_study(path, b.truth.as_ref().expect("truth"))?.0;
                     let dims = img.geometry.dims;
                     let labelled: Vec<usize> = (0..dims[2]).filter(|&z| slice_indices(dims, 2, z).any(|v| t[v] != 0)).collect();
                     let z = *labelled.get(labelled.len() / 2).ok_or_else(|| DspnetError::EmptySupport(": the truth has no labelled voxel".into()))?;

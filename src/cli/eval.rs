@@ -7,7 +7,7 @@ use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_sli
 use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
 use dspnet::{DspnetError, Result};
 
-use super::segment::{read_pair, ModelArgs};
+use super::segment::ModelArgs;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Protocol {
@@ -68,7 +68,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.compare {
         return compare(a);
     }
-    let (img, gt) = read_pair(&a.image, &a.labels)?;
+    let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
     // Loaded only for dspnet: the baselines must run where no model is installed.
     let model;
     let method = match a.method {
@@ -103,7 +103,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         Protocol::Alpnet => match (&a.support_image, &a.support_labels) {
             (Some(si), Some(sl)) => {
-                let (s_img, s_gt) = read_pair(si, sl)?;
+                let (s_img, s_gt) = dspnet::volume::read_study(si, sl)?;
                 let s = VolumeRef { data: &s_img.data, dims: s_img.geometry.dims, spacing: s_img.geometry.spacing };
                 evaluate_alpnet(method, (s, &s_gt.data), (q, &gt.data), &opts)?
             }
@@ -215,7 +215,7 @@ fn compare(a: EvalArgs) -> Result<()> {
     if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
         return Err(DspnetError::InvalidArgument("--compare applies to --protocol one-slice only".into()));
     }
-    let (img, gt) = read_pair(&a.image, &a.labels)?;
+    let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
     let model = a.model.load_model()?;
     let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let base = a.model.options();

@@ -1,12 +1,11 @@
 //! `dspnet segment`: a volume and its painted slices in, the whole structure out.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::io::{read_image, read_labels, write_labels, Volume};
 use dspnet::model::{device_from_name, Model};
-use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions, VolumeRef};
-use dspnet::{weights, DspnetError, Result};
+use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions};
+use dspnet::{weights, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -202,26 +201,6 @@ pub struct SegmentArgs {
     json: bool,
 }
 
-/// Read the image and its support labels and check that they share a grid.
-pub fn read_pair(image: &Path, labels: &Path) -> Result<(Volume<f32>, Volume<u16>)> {
-    let img = read_image(image)?;
-    let lab = read_labels(labels)?;
-    if !img.geometry.same_grid(&lab.geometry, 1e-3) {
-        return Err(DspnetError::InvalidArgument(format!(
-            "{} is not on the grid of {}: dims {:?} vs {:?}, spacing {:?} vs {:?}, origin {:?} vs {:?}",
-            labels.display(),
-            image.display(),
-            lab.geometry.dims,
-            img.geometry.dims,
-            lab.geometry.spacing,
-            img.geometry.spacing,
-            lab.geometry.origin,
-            img.geometry.origin
-        )));
-    }
-    Ok((img, lab))
-}
-
 /// A progress bar on stderr (hidden when quiet).
 pub fn progress_bar(quiet: bool) -> ProgressBar {
     if quiet {
@@ -237,8 +216,9 @@ pub fn progress_bar(quiet: bool) -> ProgressBar {
 }
 
 pub fn run(a: SegmentArgs) -> Result<()> {
-    let (img, lab) = read_pair(&a.image, &a.support)?;
-    estimate_memory(&img)?;
+    // Bad input is reported before the model is loaded.
+    let (img, lab) = volume::read_study(&a.image, &a.support)?;
+    volume::check_memory_limit(img.geometry.dims)?;
     let model = a.model.load_model()?;
     let bar = progress_bar(a.quiet);
     bar.set_message("segmenting");
@@ -247,11 +227,8 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         bar.set_position(done as u64);
         true
     };
-    let view = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
-    let (labels, summary) = volume::segment(&model, view, &lab.data, &a.model.options(), &mut progress)?;
+    let (out, summary) = volume::segment_study(&model, &img, &lab, &a.image, &a.output, &a.model.options(), &mut progress)?;
     bar.finish_and_clear();
-    let out = Volume::new(labels, img.geometry.clone())?;
-    write_labels(&a.output, &out, Some(&a.image))?;
     if let Some(p) = &a.preview {
         let supports: Vec<usize> = summary.support_slices.values().flatten().copied().collect();
         let slices = super::preview::pick_slices(&out.data, img.geometry.dims, summary.axis, &supports);
@@ -299,20 +276,3 @@ pub fn summary_json(s: &volume::SegmentSummary) -> serde_json::Value {
     })
 }
 
-/// Refuse volumes whose working set clearly exceeds what a workstation can hold, before allocating it:
-/// the normalised copy (4 B/voxel), per-class scores (4 B/voxel/class) and the output (2 B/voxel).
-pub fn estimate_memory(img: &Volume<f32>) -> Result<()> {
-    let voxels = img.geometry.voxel_count()? as u64;
-    let bytes = voxels.saturating_mul(14);
-    // Saturating: a huge limit means no limit, it must not wrap around to a tiny one.
-    let limit: u64 = std::env::var("DSPNET_MEMORY_LIMIT_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(32 * 1024).saturating_mul(1024 * 1024);
-    if bytes > limit {
-        return Err(DspnetError::OutOfMemory(format!(
-            "a {:?} volume needs about {} MB of working memory (limit {} MB; set DSPNET_MEMORY_LIMIT_MB to change it)",
-            img.geometry.dims,
-            bytes >> 20,
-            limit >> 20
-        )));
-    }
-    Ok(())
-}

@@ -252,21 +252,7 @@ pub fn write_labels(path: &Path, labels: &Volume<u16>, like: Option<&Path>) -> R
             labels.geometry.dims
         )));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    let format = if name.ends_with(".seg.nrrd") {
-        OutFormat::SegNrrd
-    } else if name.ends_with(".nrrd") {
-        OutFormat::Nrrd
-    } else if name.ends_with(".nii.gz") {
-        OutFormat::Nifti { gz: true }
-    } else if name.ends_with(".nii") {
-        OutFormat::Nifti { gz: false }
-    } else {
-        return Err(DspnetError::InvalidArgument(format!(
-            "{}: unsupported output extension; use .nii, .nii.gz, .nrrd or .seg.nrrd",
-            path.display()
-        )));
-    };
+    let format = label_output_format(path)?;
     match format {
         OutFormat::Nifti { gz } => {
             let like_header = match like {
@@ -285,6 +271,30 @@ pub fn write_labels(path: &Path, labels: &Volume<u16>, like: Option<&Path>) -> R
             crate::util::write_atomically(path, |tmp| nrrd::write(tmp, labels, Some(&seg)))
         }
     }
+}
+
+/// The label format a path's extension asks for; an unsupported extension is an error, so that callers
+/// can check an output path before the work that produces it.
+pub fn check_label_output(path: &Path) -> Result<()> {
+    label_output_format(path).map(|_| ())
+}
+
+fn label_output_format(path: &Path) -> Result<OutFormat> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    Ok(if name.ends_with(".seg.nrrd") {
+        OutFormat::SegNrrd
+    } else if name.ends_with(".nrrd") {
+        OutFormat::Nrrd
+    } else if name.ends_with(".nii.gz") {
+        OutFormat::Nifti { gz: true }
+    } else if name.ends_with(".nii") {
+        OutFormat::Nifti { gz: false }
+    } else {
+        return Err(DspnetError::InvalidArgument(format!(
+            "{}: unsupported output extension; use .nii, .nii.gz, .nrrd or .seg.nrrd",
+            path.display()
+        )));
+    })
 }
 
 enum OutFormat {

@@ -12,13 +12,14 @@
 //!
 //! Modules: [`options`] (what a caller asks), [`axis`] (the painting axis), [`prepared`] (slices in and
 //! logits out of the model), [`cache`] (features kept for reuse), the two propagations, [`components`],
-//! [`eval`] (evaluation protocols and baselines).
+//! [`eval`] (evaluation protocols and baselines), [`files`] (one study from files to file).
 
 pub mod axis;
 pub mod cache;
 pub mod components;
 pub mod confidence;
 pub mod eval;
+pub mod files;
 pub mod independent;
 pub mod normalize;
 pub mod options;
@@ -40,6 +41,7 @@ pub use options::{
     AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Progress, Propagation, SegmentOptions, SegmentSummary,
     VolumeRef,
 };
+pub use files::{check_memory_limit, read_study, segment_files, segment_study};
 pub use prepared::{PreparedVolume, SliceLogits, CANVAS};
 pub use session::Session;
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test of libdspnet: the Rust suites (golden parity, engine, IO, volume pipeline, CLI), the C ABI
-# with real C/C++/ITK consumers under valgrind, and the 3D Slicer extension on slicer-core.
+# with real C/C++/ITK consumers under valgrind, the 3D Slicer extension on slicer-core, and the Python
+# package (pip install ./python into a fresh venv) with its Dask cluster test.
 # Installs missing test tools first (scripts/install-test-deps.sh; needs root on a fresh machine).
-# The last line sums the tests of all three: "N passed, M failed".
+# The last line sums the tests of all four: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh || { echo "could not install the test tools"; exit 1; }
@@ -15,6 +16,8 @@ echo "== C ABI, C++ header, CMake package and consumers (tests/capi/run.sh)"
 bash tests/capi/run.sh 2>&1 | tee -a "$log" || status=1
 echo "== 3D Slicer extension on slicer-core (tests/slicer/run.sh)"
 bash tests/slicer/run.sh 2>&1 | tee -a "$log" || status=1
+echo "== Python package in a fresh venv, with Dask (tests/python/run.sh)"
+bash tests/python/run.sh 2>&1 | tee -a "$log" || status=1
 # Sum cargo's "test result: ok. N passed; M failed", the C ABI driver's "N passed, M failed" and
 # pytest's "N passed" / "M failed".
 read -r passed failed < <(awk '

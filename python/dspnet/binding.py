@@ -1,32 +1,30 @@
-"""ctypes binding of libdspnet's C ABI (``include/dspnet.h``, ABI version 1; sessions need 0.2).
+"""ctypes binding of libdspnet's C ABI (``include/dspnet.h``, ABI version 1; sessions need 0.2, files 0.3).
 
-Plain Python + numpy: no Slicer, no Qt. Usable from Slicer, from batch scripts and from any other tool::
+The one binding of the library for Python: the ``dspnet`` package (``pip install ./python``) and the 3D
+Slicer extension (which bundles this package) both use it. Plain Python + numpy: no Slicer, no Qt.
 
-    from FewShotSegmentLib import binding
-    model = binding.Model("weights.safetensors", device="cpu")
-    labels, summary = binding.segment(model, image_kji, support_kji, spacing_ijk=(0.8, 0.8, 2.5))
-    summary.suggested_slices, summary.slice_confidence   # where to look next, per-slice confidence
+The package API (``dspnet.Model``, ``dspnet.Session``) takes arrays indexed ``[i, j, k]``, as nibabel
+returns them::
 
-    # Several runs on one image (corrections): a session keeps the encoded slices between them.
-    with binding.Session(model, image_kji, (0.8, 0.8, 2.5)) as session:
-        labels, summary = session.segment(support_kji)
-        labels, summary = session.segment(corrected_kji)   # seconds: only the head runs again
+    import dspnet
+    model = dspnet.Model()                      # the default model, on the CPU
+    labels = model.segment(image, support, spacing=(0.8, 0.8, 2.5), extent="auto")
 
-Arrays are indexed ``[k, j, i]`` (numpy's C order, i fastest): exactly the layout of the C API's
-``dspnet_volume_t`` and of Slicer's ``slicer.util.arrayFromVolume``, so such arrays are passed to the
-library without a copy. Spacing and the slice axis are given in the C API's own order, **i, j, k**
-(``volumeNode.GetSpacing()``; axis 0 = i, 1 = j, 2 = k). Arrays indexed ``[i, j, k]`` (pynrrd, nibabel)
-can be passed with ``index_order="ijk"``: they are transposed as views (no copy when Fortran-ordered)
-and the result comes back in the same order.
+The module-level :func:`segment` and the ``index_order="kji"`` option take arrays indexed ``[k, j, i]``
+(numpy's C order, i fastest): exactly the layout of the C API's ``dspnet_volume_t`` and of Slicer's
+``slicer.util.arrayFromVolume``, so such arrays are passed to the library without a copy. Arrays
+indexed ``[i, j, k]`` are transposed as views (no copy when Fortran-ordered) and results come back in
+the caller's order. Spacing and the slice axis are always given in the i, j, k order
+(``volumeNode.GetSpacing()``, nibabel's ``header.get_zooms()``; axis 0 = i, 1 = j, 2 = k).
 
 Where the library is found (first hit wins): ``$DSPNET_LIBRARY`` (a file, or a folder holding
-``libdspnet.so``); the extension's own library folders (``FewShotSegmentLib/lib``, ``FewShotSegment/lib``
-and the Slicer extension's ``lib/Slicer-X.Y`` folder); then the system's (``LD_LIBRARY_PATH``, the
-loader cache, ``ctypes.util.find_library``).
+``libdspnet.so``); the package's own ``lib`` folder (where the wheel and the Slicer extension put it);
+in a source checkout, the repository's ``target/release``; inside an installed Slicer extension, its
+library folders; then the system's (``LD_LIBRARY_PATH``, the loader cache, ``ctypes.util.find_library``).
 
 Every failing status becomes a :class:`DspnetError` subclass carrying the status code, its name and the
-library's message. ``dspnet_segment`` runs with the GIL released (ctypes releases it for every call into
-a ``CDLL``), so other Python threads, Slicer's GUI among them, keep running; progress callbacks run on
+library's message. Segmentation runs with the GIL released (ctypes releases it for every call into a
+``CDLL``), so other Python threads, Slicer's GUI among them, keep running; progress callbacks run on
 the calling thread.
 """
 
@@ -46,6 +44,7 @@ __all__ = [
     "NoSupportError", "DspnetIOError", "ModelFormatError", "VolumeFormatError", "BackendUnavailableError",
     "DspnetOutOfMemoryError", "CancelledError", "BackendError", "PanicError", "LibraryNotFoundError",
     "BusyError", "Library", "load_library", "library_candidates", "Model", "Session", "Summary", "segment",
+    "segment_files",
 ]
 
 #: The ABI major version this binding was written for (``DSPNET_ABI_VERSION`` of include/dspnet.h).
@@ -275,16 +274,22 @@ _LIB_NAMES = {
 }.get(sys.platform if sys.platform in ("darwin", "win32") else "linux")
 
 
-def _extension_library_dirs():
-    """The extension's own folders that may hold libdspnet, most specific first."""
-    here = os.path.dirname(os.path.abspath(__file__))          # .../FewShotSegmentLib
-    module_dir = os.path.dirname(here)                           # .../FewShotSegment or qt-scripted-modules
-    dirs = [os.path.join(here, "lib"), os.path.join(module_dir, "lib")]
-    # Installed extension: <ext>/lib/Slicer-X.Y/qt-scripted-modules/FewShotSegmentLib/binding.py; prebuilt
-    # third-party libraries go to <ext>/lib/Slicer-X.Y (Slicer_INSTALL_THIRDPARTY_LIB_DIR).
-    parent = os.path.dirname(module_dir)
-    if os.path.basename(module_dir) == "qt-scripted-modules":
-        dirs += [parent, os.path.join(parent, "qt-loadable-modules")]
+def _package_library_dirs():
+    """Folders next to this package that may hold libdspnet, most specific first."""
+    here = os.path.dirname(os.path.abspath(__file__))          # .../dspnet
+    parent = os.path.dirname(here)
+    dirs = [os.path.join(here, "lib")]                           # the wheel; the Slicer extension
+    # A source checkout (<repo>/python/dspnet): the library `cargo build --release` made.
+    repo = os.path.dirname(parent)
+    if os.path.isfile(os.path.join(repo, "Cargo.toml")) and os.path.isfile(os.path.join(repo, "include", "dspnet.h")):
+        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(repo, "target")
+        dirs.append(os.path.join(os.path.abspath(target), "release"))
+    # Installed Slicer extension: <ext>/lib/Slicer-X.Y/qt-scripted-modules/dspnet; prebuilt third-party
+    # libraries go to <ext>/lib/Slicer-X.Y (Slicer_INSTALL_THIRDPARTY_LIB_DIR).
+    if os.path.basename(parent) == "qt-scripted-modules":
+        slicer_lib = os.path.dirname(parent)
+        dirs += [os.path.join(parent, "FewShotSegmentLib", "lib"), slicer_lib,
+                 os.path.join(slicer_lib, "qt-loadable-modules")]
     return dirs
 
 
@@ -297,7 +302,7 @@ def library_candidates():
             cands += [os.path.join(env, n) for n in _LIB_NAMES]
         else:
             cands.append(env)
-    for d in _extension_library_dirs():
+    for d in _package_library_dirs():
         cands += [os.path.join(d, n) for n in _LIB_NAMES]
     return cands
 
@@ -352,6 +357,11 @@ class Library:
         if hasattr(lib, "dspnet_model_device"):
             lib.dspnet_model_device.restype = ctypes.c_char_p
             lib.dspnet_model_device.argtypes = [ctypes.c_void_p]
+        if hasattr(lib, "dspnet_segment_files"):  # 0.3
+            lib.dspnet_segment_files.restype = ctypes.c_int
+            lib.dspnet_segment_files.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                                 ctypes.POINTER(dspnet_segment_options_t),
+                                                 ctypes.POINTER(dspnet_segment_summary_t)]
         if hasattr(lib, "dspnet_session_create"):  # 0.2
             lib.dspnet_session_options_init.restype = None
             lib.dspnet_session_options_init.argtypes = [ctypes.POINTER(dspnet_session_options_t)]
@@ -431,7 +441,7 @@ def load_library(path=None):
                 tried.append(f"{name} ({e})" if "ABI" in str(e) else name)
         raise LibraryNotFoundError(
             "libdspnet was not found. Set DSPNET_LIBRARY to the library file (e.g. target/release/libdspnet.so), "
-            "or place it in the extension's library folder. Tried: " + ", ".join(tried))
+            "or install the dspnet package (pip install ./python). Tried: " + ", ".join(tried))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,12 +473,13 @@ class _Owned:
 class Model(_Owned):
     """A loaded DSPNet model (``dspnet_model_t``). Immutable and shareable between threads.
 
-    ``weights``: a .safetensors file, or None for the default model (``$DSPNET_WEIGHTS``, next to the
-    library, ...; see ``dspnet_model_load``). ``device``: "auto", "cpu", "cuda" or "cuda:N"."""
+    ``weights``: a .safetensors file, or None for the default model (``$DSPNET_WEIGHTS``, the one the
+    package carries, ...; see ``dspnet_model_load``). ``device``: "cpu", "cuda", "cuda:N" or "auto"
+    (CUDA when the library was built with it and a GPU is there)."""
 
     _free = "dspnet_model_free"
 
-    def __init__(self, weights=None, device="auto", library=None):
+    def __init__(self, weights=None, device="cpu", library=None):
         self.library = library if library is not None else load_library()
         self.weights = None if weights in (None, "") else os.fspath(weights)
         path = os.fsencode(self.weights) if self.weights is not None else None
@@ -491,9 +502,27 @@ class Model(_Owned):
             return self.library._cdll.dspnet_model_device(self.handle).decode("utf-8", "replace")
         return "unknown"
 
-    def segment(self, image, support, spacing_ijk, **kwargs):
-        """Same as :func:`segment` with this model."""
-        return segment(self, image, support, spacing_ijk, **kwargs)
+    def segment(self, image, support, spacing, *, index_order="ijk", return_summary=False, axis=None, **options):
+        """Segment ``image`` from the slices painted in ``support``; returns the label array (uint16, shaped
+        and ordered like ``image``), or ``(labels, summary)`` with ``return_summary=True``.
+
+        Arrays are indexed ``[i, j, k]`` (nibabel's order; ``index_order="kji"`` for ``[k, j, i]``), in
+        any memory order and any dtype the C API takes; ``spacing`` is the voxel size along i, j, k in mm.
+        Options as the command line's: ``axis`` ("i", "j", "k" or None = auto), ``extent``, ``modality``,
+        ``fov``, ``components``, ``classes``, ``propagation``; and ``progress(done, total)``, ``cancel``
+        (an Event or a callable), ``out``. See :func:`segment`."""
+        if axis is not None:
+            options["slice_axis"] = axis
+        labels, summary = segment(self, image, support, spacing, index_order=index_order, **options)
+        return (labels, summary) if return_summary else labels
+
+    def session(self, image, spacing, **kwargs):
+        """A :class:`Session` on ``image`` with this model (for several runs with corrections)."""
+        return Session(self, image, spacing, **kwargs)
+
+    def segment_files(self, image_path, support_path, output_path, **options):
+        """:func:`segment_files` with this model."""
+        return segment_files(self, image_path, support_path, output_path, **options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -715,7 +744,7 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     To segment one image several times (corrections), use a :class:`Session`: it keeps the encoded slices.
     """
     if not isinstance(model, Model):
-        raise TypeError("model must be a binding.Model")
+        raise TypeError("model must be a dspnet.Model")
     lib = model.library
     img, vol = _image_volume(image, index_order)
     sup = np.asarray(support)
@@ -747,16 +776,17 @@ class Session(_Owned):
     """An interactive session (``dspnet_session_t``): the library keeps its own copy of ``image`` and the
     slices it encodes, so that segmenting again after a correction re-runs the prototype head only.
 
-    ``image``, ``spacing_ijk`` and ``index_order`` as for :func:`segment`; ``feature_budget_bytes``: memory
+    ``image`` (indexed ``[i, j, k]``, or ``[k, j, i]`` with ``index_order="kji"``) and ``spacing_ijk`` as for
+    :meth:`Model.segment`; ``segment`` returns ``(labels, summary)``. ``feature_budget_bytes``: memory
     for encoded slices (0 = the library default, 1 GiB; at least one slice, 1 MiB for the default model).
     One segmentation at a time: a call while another runs on the same session raises :class:`BusyError`.
     The session keeps its model alive. Close it (or use ``with``) to free the memory at once."""
 
     _free = "dspnet_session_free"
 
-    def __init__(self, model, image, spacing_ijk, *, index_order="kji", feature_budget_bytes=0):
+    def __init__(self, model, image, spacing_ijk, *, index_order="ijk", feature_budget_bytes=0):
         if not isinstance(model, Model):
-            raise TypeError("model must be a binding.Model")
+            raise TypeError("model must be a dspnet.Model")
         self.library = lib = model.library
         if not lib.has_sessions:
             raise LibraryNotFoundError(f"{lib.path} has no sessions (libdspnet 0.2 or newer needed)")
@@ -810,6 +840,32 @@ class Session(_Owned):
         d = {name: getattr(c, name) for name, _ in dspnet_session_info_t._fields_ if name not in ("struct_size", "dims")}
         d["dims"] = tuple(c.dims)
         return d
+
+
+def segment_files(model, image_path, support_path, output_path, *, slice_axis=None, axis=None, extent="auto",
+                  modality="auto", fov="slice", components="support", classes=None, progress=None, cancel=None,
+                  propagation="memory"):
+    """One study from files to a file (``dspnet_segment_files``): read the image (NIfTI, NRRD or a DICOM
+    folder) and its painted labels, segment, and write the labels to ``output_path`` (.nii, .nii.gz,
+    .nrrd, .seg.nrrd) with the image's geometry, atomically (never a partial file). Exactly what
+    ``dspnet segment`` and each study of ``dspnet batch`` do. Options as :func:`segment`; returns a
+    :class:`Summary`."""
+    if not isinstance(model, Model):
+        raise TypeError("model must be a dspnet.Model")
+    lib = model.library
+    if not hasattr(lib._cdll, "dspnet_segment_files"):
+        raise LibraryNotFoundError(f"{lib.path} cannot segment files (libdspnet 0.3 or newer needed)")
+    if axis is not None:
+        slice_axis = axis
+    paths = [os.fsencode(os.fspath(p)) for p in (image_path, support_path, output_path)]
+    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
+
+    def call(o, sm):
+        return lib._cdll.dspnet_segment_files(model.handle, paths[0], paths[1], paths[2], o, sm)
+    # The slice count is known only once the image is read: room for the largest plausible volume axis.
+    summary_c, confidence, _seconds, _state = _run(lib, "dspnet_segment_files", call, opts, 16384, progress, cancel)
+    del class_buf
+    return _summary(summary_c, confidence)
 
 
 def version():

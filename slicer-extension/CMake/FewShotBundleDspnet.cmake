@@ -1,7 +1,8 @@
-# Puts libdspnet (and optionally a default model) into the module's library folder
-#   <build or install>/lib/Slicer-X.Y/qt-scripted-modules/FewShotSegmentLib/lib/
-# which is where FewShotSegmentLib/binding.py looks first after $DSPNET_LIBRARY. The library's own
-# default-model search then finds FewShotSegmentLib/lib/weights/dspnet-default.safetensors.
+# Bundles the dspnet Python package (python/dspnet, the extension's binding) as
+#   <build or install>/lib/Slicer-X.Y/qt-scripted-modules/dspnet/
+# and puts libdspnet (and optionally a default model) into its library folder dspnet/lib/, which is
+# where the binding looks first after $DSPNET_LIBRARY (the pip wheel's layout). The library's own
+# default-model search then finds dspnet/lib/weights/dspnet-default.safetensors.
 #
 # Where the library comes from, first that applies:
 #   FEWSHOT_DSPNET_LIBRARY  a prebuilt libdspnet.so (e.g. from `cargo build --release`, or the CUDA build)
@@ -22,8 +23,21 @@ if(NOT EXISTS "${_fewshot_shipped_model}")
 endif()
 set(FEWSHOT_DEFAULT_WEIGHTS "${_fewshot_shipped_model}" CACHE FILEPATH "Model weights (.safetensors) to bundle as the default model")
 
-set(_fewshot_lib_build_dir "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/FewShotSegmentLib/lib")
-set(_fewshot_lib_install_dir "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/FewShotSegmentLib/lib")
+set(_fewshot_pkg_build_dir "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/dspnet")
+set(_fewshot_pkg_install_dir "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/dspnet")
+set(_fewshot_lib_build_dir "${_fewshot_pkg_build_dir}/lib")
+set(_fewshot_lib_install_dir "${_fewshot_pkg_install_dir}/lib")
+
+# The package's Python files, in the build tree (Slicer run from it) and in the extension package.
+file(GLOB _fewshot_dspnet_py "${CMAKE_CURRENT_LIST_DIR}/../../python/dspnet/*.py")
+if(NOT _fewshot_dspnet_py)
+  message(FATAL_ERROR "FewShotSegment: python/dspnet (the binding) not found next to slicer-extension/")
+endif()
+foreach(_py ${_fewshot_dspnet_py})
+  get_filename_component(_name "${_py}" NAME)
+  configure_file("${_py}" "${_fewshot_pkg_build_dir}/${_name}" COPYONLY)
+endforeach()
+install(FILES ${_fewshot_dspnet_py} DESTINATION "${_fewshot_pkg_install_dir}" COMPONENT RuntimeLibraries)
 set(_fewshot_dspnet_file "")
 set(_fewshot_dspnet_depends "")
 
@@ -68,7 +82,7 @@ if(_fewshot_dspnet_file)
     COMMAND ${CMAKE_COMMAND} -E make_directory "${_fewshot_lib_build_dir}"
     COMMAND ${CMAKE_COMMAND} -E copy "${_fewshot_dspnet_file}" "${_fewshot_lib_build_dir}/libdspnet.so"
     DEPENDS ${_fewshot_dspnet_depends}
-    COMMENT "Copying libdspnet into FewShotSegmentLib/lib"
+    COMMENT "Copying libdspnet into dspnet/lib"
     VERBATIM)
   add_custom_target(FewShotSegmentBundleDspnet ALL DEPENDS "${_fewshot_lib_build_dir}/libdspnet.so")
   # ... and the extension package.

@@ -289,7 +289,7 @@ class FewShotSegmentLogic:
                 # Sessions of an older version of this volume are of no use any more.
                 for k in [k for k in FewShotSegmentLogic._sessions if k[0] == job.volumeNodeId]:
                     FewShotSegmentLogic._sessions.pop(k).close()
-                session = binding.Session(model, job.image, job.spacing)
+                session = binding.Session(model, job.image, job.spacing, index_order="kji")
             FewShotSegmentLogic._sessions[key] = session
             while len(FewShotSegmentLogic._sessions) > FewShotSegmentLogic.MAX_SESSIONS:
                 oldest = next(iter(FewShotSegmentLogic._sessions))

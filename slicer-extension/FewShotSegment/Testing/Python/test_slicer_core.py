@@ -43,7 +43,7 @@ def readSegNrrdSegment(path, name):
 # --------------------------------------------------------------------------------------------------
 
 def test_logic_and_binding_import_without_qt():
-    code = ("import sys; sys.path.insert(0, %r); import FewShotSegmentLib.logic, FewShotSegmentLib.binding; "
+    code = ("import sys; sys.path.insert(0, %r); import FewShotSegmentLib.logic, dspnet, dspnet.binding; "
             "from FewShotSegmentLib.logic import FewShotSegmentLogic; "
             "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'slicer') if m in sys.modules]; "
             "assert not bad, bad; print('ok')") % MODULE_DIR
@@ -552,19 +552,23 @@ def test_extension_cmake_bundles_library_and_default_model(prerequisites, weight
     run("--build", str(build))
     run("--install", str(build), "--prefix", str(prefix))
     modules = prefix / "lib" / "Slicer-5.8" / "qt-scripted-modules"
-    for rel in ("FewShotSegment.py", "FewShotSegmentLib/binding.py", "FewShotSegmentLib/SegmentEditorEffect.py",
+    for rel in ("FewShotSegment.py", "FewShotSegmentLib/__init__.py", "FewShotSegmentLib/SegmentEditorEffect.py",
                 "FewShotSegmentLib/SegmentEditorEffect.png", "Resources/UI/FewShotSegment.ui",
-                "FewShotSegmentLib/lib/libdspnet.so", "FewShotSegmentLib/lib/weights/dspnet-default.safetensors"):
+                "dspnet/__init__.py", "dspnet/binding.py", "dspnet/dask.py",
+                "dspnet/lib/libdspnet.so", "dspnet/lib/weights/dspnet-default.safetensors"):
         assert (modules / rel).is_file(), rel
-    assert (build / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "FewShotSegmentLib" / "lib" / "libdspnet.so").is_file()
+    assert not (modules / "FewShotSegmentLib" / "binding.py").exists(), "one binding: the dspnet package's"
+    assert (build / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "dspnet" / "lib" / "libdspnet.so").is_file()
 
     # The installed package finds its own library and, through it, the bundled default model: no
     # DSPNET_LIBRARY, no DSPNET_WEIGHTS.
     env = {k: v for k, v in os.environ.items() if k not in ("DSPNET_LIBRARY", "DSPNET_WEIGHTS")}
     code = ("import sys; sys.path.insert(0, %r); from FewShotSegmentLib import binding; "
-            "lib = binding.load_library(); m = binding.Model(None, device='cpu'); print(lib.path); print(m.device)"
+            "lib = binding.load_library(); m = binding.Model(None, device='cpu'); print(lib.path); print(m.device); "
+            "print(binding.__file__)"
             % str(modules))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    path, device = proc.stdout.split()
-    assert path == str(modules / "FewShotSegmentLib" / "lib" / "libdspnet.so") and device == "cpu"
+    path, device, binding_file = proc.stdout.split()
+    assert path == str(modules / "dspnet" / "lib" / "libdspnet.so") and device == "cpu"
+    assert binding_file == str(modules / "dspnet" / "binding.py"), "the bundled package, not another dspnet"

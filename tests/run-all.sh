@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test of libdspnet: the Rust suites (golden parity, engine, IO, volume pipeline, CLI), the C ABI
 # with real C/C++/ITK consumers under valgrind, the 3D Slicer extension on slicer-core, and the Python
-# package (pip install ./python into a fresh venv) with its Dask cluster test.
+# package (pip install ./python into a fresh venv) with its Dask cluster test, and dspnet.mitk on the real
+# MITK runtime (mitk-python, Python 3.12 venv).
 # Installs missing test tools first (scripts/install-test-deps.sh; needs root on a fresh machine).
-# The last line sums the tests of all four: "N passed, M failed".
+# The last line sums the tests of all of them: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh || { echo "could not install the test tools"; exit 1; }
@@ -18,6 +19,8 @@ echo "== 3D Slicer extension on slicer-core (tests/slicer/run.sh)"
 bash tests/slicer/run.sh 2>&1 | tee -a "$log" || status=1
 echo "== Python package in a fresh venv, with Dask (tests/python/run.sh)"
 bash tests/python/run.sh 2>&1 | tee -a "$log" || status=1
+echo "== MITK on the real mitk-python runtime, Python 3.12 venv (tests/mitk/run.sh)"
+bash tests/mitk/run.sh 2>&1 | tee -a "$log" || status=1
 # Sum cargo's "test result: ok. N passed; M failed", the C ABI driver's "N passed, M failed" and
 # pytest's "N passed" / "M failed".
 read -r passed failed < <(awk '

@@ -15,6 +15,7 @@ numpy in, numpy out; arrays indexed ``[i, j, k]`` as nibabel returns them::
     dspnet.segment_files(model, "ct.nii.gz", "painted.nii.gz", "out.nii.gz")
 
     from dspnet.dask import segment_many                 # a manifest of studies on a Dask cluster
+    import dspnet.mitk                                   # MITK images and multi-label segmentations
 
 The library (libdspnet) and the default model travel inside the package; no PyTorch is needed.
 """

@@ -129,6 +129,19 @@ def test_command_line(ct, tmp_path):
     assert p.returncode == 1 and "77" in p.stderr and not (tmp_path / "bad.nrrd").exists()
 
 
+def test_result_relates_to_its_source_image(model):
+    image = mitk.Image.from_numpy(np.linspace(0, 200, 8 * 32 * 32, dtype=np.float32).reshape(8, 32, 32))
+    seg = mitk.MultiLabelSegmentation()
+    seg.initialize(image)  # geometry only: no source-image relation
+    assert not mitk.relations.segmentation.get_source_image_relations(seg)
+    label = seg.add_label("a", (1.0, 0.0, 0.0), 0)
+    group = np.zeros((8, 32, 32), np.uint16)
+    group[4, 10:20, 10:20] = label.value
+    seg.set_group_image(0, group)
+    result = dm.segment(image, seg, model=model, extent="3:5")
+    assert len(mitk.relations.segmentation.get_source_image_relations(result)) == 1
+
+
 def test_bad_input(model, ct, tmp_path):
     image, _, seg, (liver, marker, kept) = make_case(tmp_path, ct, "identity")
     voxels, spacing, _ = ct

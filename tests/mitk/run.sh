@@ -8,8 +8,13 @@ root="$PWD"
 target="${CARGO_TARGET_DIR:-$root/target}"
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
 export CARGO_TARGET_DIR="$target"
-PYTHON312="${PYTHON312:-$(command -v python3.12 || ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)}"
-if [ -z "$PYTHON312" ] || ! "$PYTHON312" --version >/dev/null 2>&1; then
+if [ -z "${PYTHON312:-}" ]; then
+  # pyenv's own 3.12 first: its python3.12 shim fails unless 3.12 is a selected version.
+  for cand in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | sort -r) $(command -v python3.12 || true); do
+    if "$cand" --version >/dev/null 2>&1; then PYTHON312="$cand"; break; fi
+  done
+fi
+if [ -z "${PYTHON312:-}" ] || ! "$PYTHON312" --version >/dev/null 2>&1; then
   echo "tests/mitk/run.sh: no Python 3.12 (set PYTHON312); mitk-python needs it" >&2
   exit 1
 fi

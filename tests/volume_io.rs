@@ -931,14 +931,18 @@ fn writes_are_atomic_and_validated() {
     let dir = scratch("atomic");
     let labels = Volume::new(vec![1u16; 8], Geometry::identity([2, 2, 2])).unwrap();
     for name in ["keep.nii.gz", "keep.nrrd", "keep.seg.nrrd"] {
+        // Make the write fail after the temporary file was written: the final rename meets a non-empty
+        // folder of that name. Nothing of it may change and no temporary file may stay behind.
+        let blocked = dir.join(name);
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("old"), b"old content").unwrap();
+        assert!(write_labels(&blocked, &labels, None).is_err());
+        assert_eq!(std::fs::read(blocked.join("old")).unwrap(), b"old content");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        std::fs::remove_dir_all(&blocked).unwrap();
         let target = dir.join(name);
         std::fs::write(&target, b"old content").unwrap();
-        // Make the write fail after it started: the temporary file's path is taken by a folder.
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        std::fs::create_dir(&tmp).unwrap();
-        assert!(write_labels(&target, &labels, None).is_err());
-        assert_eq!(std::fs::read(&target).unwrap(), b"old content");
-        std::fs::remove_dir(&tmp).unwrap();
         // Invalid input fails before touching anything.
         let bad = Volume { data: vec![1u16; 7], geometry: Geometry::identity([2, 2, 2]) };
         assert!(matches!(write_labels(&target, &bad, None), Err(DspnetError::Shape(_))));

@@ -151,7 +151,7 @@ def report_rows(studies, outcomes):
 def write_report(path, rows):
     """Write the report (.json or .csv by extension) through a temporary file renamed into place."""
     path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.lower().endswith(".json"):

@@ -119,7 +119,7 @@ def save_atomically(segmentation, path):
     renamed into place: an interrupted save never leaves a partial file or clobbers an existing one."""
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}-{name}")
     try:
         segmentation.save(tmp)
         os.replace(tmp, path)

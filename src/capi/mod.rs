@@ -521,9 +521,9 @@ impl SummaryOut {
     /// `summary` is NULL or a writable struct of its `struct_size` whose confidence buffer, when given,
     /// holds `slice_confidence_capacity` floats.
     unsafe fn read(summary: *mut dspnet_segment_summary_t) -> Result<Option<SummaryOut>, Failure> {
-    let out = if summary.is_null() {
-        None
-    } else {
+        if summary.is_null() {
+            return Ok(None);
+        }
         // SAFETY: non-null; struct_size is its first field.
         let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
         let v1 = std::mem::offset_of!(dspnet_segment_summary_t, num_slices);
@@ -532,9 +532,8 @@ impl SummaryOut {
                 "summary->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_summary_t) in ABI version 1); set it to sizeof(dspnet_segment_summary_t)"
             )));
         }
-        let covers = |end: usize| size >= end;
         let (mut confidence, mut capacity) = (std::ptr::null_mut(), 0);
-        if covers(std::mem::offset_of!(dspnet_segment_summary_t, num_suggested)) {
+        if size >= std::mem::offset_of!(dspnet_segment_summary_t, num_suggested) {
             // SAFETY: inside the caller's struct_size.
             confidence = unsafe { std::ptr::addr_of!((*summary).slice_confidence).read() };
             capacity = unsafe { std::ptr::addr_of!((*summary).slice_confidence_capacity).read() };
@@ -544,9 +543,7 @@ impl SummaryOut {
                 capacity = 0;
             }
         }
-        Some(SummaryOut { ptr: summary, size, confidence, capacity })
-    };
-        Ok(out)
+        Ok(Some(SummaryOut { ptr: summary, size, confidence, capacity }))
     }
 }
 

@@ -166,6 +166,15 @@ struct Extent {
 /// (done, total) -> cancel? Return true to cancel, false to continue (same sense as the C callback).
 using ProgressCallback = std::function<bool(std::size_t done, std::size_t total)>;
 
+namespace detail {
+/// The library's default head parameters (what dspnet_segment_options_init sets).
+inline dspnet_head_options_t default_head_options() {
+    dspnet_segment_options_t c;
+    dspnet_segment_options_init(&c);
+    return c.head;
+}
+}  // namespace detail
+
 /// Options of Model::segment; the defaults are the library's.
 struct SegmentOptions {
     /// 0 = i, 1 = j, 2 = k, -1 = automatic.
@@ -175,6 +184,9 @@ struct SegmentOptions {
     Fov fov = Fov::Slice;
     Components components = Components::Support;
     Propagation propagation = Propagation::Memory;
+    /// Prototype-head parameters under the official code's names (see dspnet_head_options_t); the library's
+    /// defaults unless changed, e.g. `options.head.avg_sp_area = 50;`.
+    dspnet_head_options_t head = detail::default_head_options();
     /// Label values to segment; empty = every label found in the support.
     std::vector<std::uint16_t> classes;
     /// Called on the calling thread; empty = none.
@@ -224,6 +236,7 @@ template <class Call> SegmentSummary run_segment(const SegmentOptions &options, 
     c.fov = static_cast<dspnet_fov_t>(options.fov);
     c.components = static_cast<dspnet_components_t>(options.components);
     c.propagation = static_cast<dspnet_propagation_t>(options.propagation);
+    c.head = options.head;
     c.classes = options.classes.empty() ? nullptr : options.classes.data();
     c.num_classes = options.classes.size();
 

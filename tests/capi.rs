@@ -159,6 +159,30 @@ fn c_abi_matches_rust_api_and_is_shareable() {
     let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
     assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
     assert!(out == expected_independent, "independent through the C ABI differs from the Rust API's");
+    // The head parameters reach the head as the Rust options do, and change what it predicts.
+    let mut head = dspnet::model::prototypes::HeadOptions::default();
+    head.set_all(["bg_thresh=0.5", "alpha=1", "w1_w2_w3=0:1:0", "val_wsize=4"]).unwrap();
+    let tuned = dspnet::volume::SegmentOptions { head, ..independent.clone() };
+    let (expected_tuned, _) = dspnet::volume::segment(&model, vref, &support, &tuned, &mut |_, _| true).unwrap();
+    assert!(expected_tuned != expected_independent, "the chosen head parameters must change this prediction");
+    (o.head.bg_thresh, o.head.alpha, o.head.w1_w2_w3, o.head.val_wsize) = (0.5, 1.0, [0.0, 1.0, 0.0], 4);
+    let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert!(out == expected_tuned, "head options through the C ABI differ from the Rust API's");
+    // A caller built against the 0.2 header (88 bytes: propagation and padding) gets the default head,
+    // whatever its struct's memory holds past propagation.
+    o.head.max_num_sp = 1000;
+    o.struct_size = 88;
+    let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+    assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert!(out == expected_independent, "an 0.2-sized options struct must run with the default head");
+    // Out of range: refused, naming the field, the output untouched.
+    o.struct_size = std::mem::size_of::<dspnet_segment_options_t>();
+    out.fill(0xffff);
+    let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert!(message().contains("options->head.max_num_sp is 1000: expected 0 to 64"), "{}", message());
+    assert!(out.iter().all(|&v| v == 0xffff));
     unsafe { dspnet_model_free(handle) };
     unsafe { dspnet_model_free(handle) }; // a second free is a no-op
     let _ = std::fs::remove_dir_all(&dir);

@@ -154,3 +154,41 @@ fn eval_compare_reports_memory_independent_and_copy_side_by_side() {
     let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--protocol", "alpnet", "--compare"]);
     assert!(!o.status.success() && stderr(&o).contains("--compare applies to --protocol one-slice only"), "{}", stderr(&o));
 }
+
+#[test]
+fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
+    let case = ct_case("sweep", 3);
+    let o = dspnet(args![
+        "eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json",
+        "--sweep", "bg_thresh=0.5,0.95", "--sweep", "w1_w2_w3=0:1:0"
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = j["sweep"].as_array().unwrap();
+    let names: Vec<(String, String)> = rows.iter().map(|r| (r["key"].as_str().unwrap().into(), r["value"].as_str().unwrap().into())).collect();
+    let expected: Vec<(String, String)> =
+        [("as given", "defaults"), ("bg_thresh", "0.5"), ("bg_thresh", "0.95"), ("w1_w2_w3", "0:1:0")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(names, expected);
+    assert_eq!(j["head"]["avg_sp_area"], "100");
+    assert_eq!(j["propagation"], "memory");
+    // The default value re-scored in the sweep gives the first row's result.
+    assert_eq!(rows[0]["classes"][0]["dice"], rows[2]["classes"][0]["dice"]);
+    // Each swept row is what a direct run with --head gives (reusing encoded slices changes nothing).
+    for (row, head) in [(&rows[1], "bg_thresh=0.5"), (&rows[3], "w1_w2_w3=0:1:0")] {
+        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--head", head]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let direct: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(row["classes"][0]["dice"], direct["classes"][0]["dice"], "{head}");
+    }
+    assert_ne!(rows[0]["classes"][0]["dice"], rows[1]["classes"][0]["dice"], "bg_thresh 0.5 must change this result");
+    // The copy baseline comes with it; the table names every row.
+    assert!(j["copy"]["classes"][0]["dice"].as_f64().is_some());
+    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--sweep", "n_iter=1,10"]);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && table.contains("n_iter") && table.contains("as given") && table.contains("(baseline)"), "{table}");
+    // Bad keys and values fail at parse time, naming them, before any model is loaded.
+    for (flag, bad, needle) in [("--sweep", "max_seeds=1,2", "unknown head option 'max_seeds'"), ("--sweep", "val_wsize=2,3", "val_wsize=3"), ("--head", "fg_thresh=2", "fg_thresh=2: expected 0 to 1")] {
+        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", case.dir.join("absent.safetensors"), flag, bad]);
+        assert!(!o.status.success() && stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
+    }
+}

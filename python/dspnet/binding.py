@@ -201,6 +201,24 @@ class dspnet_volume_t(ctypes.Structure):
     ]
 
 
+class dspnet_head_options_t(ctypes.Structure):
+    _fields_ = [
+        ("max_num_sp", ctypes.c_uint32),
+        ("avg_sp_area", ctypes.c_uint32),
+        ("fg_thresh", ctypes.c_float),
+        ("bg_thresh", ctypes.c_float),
+        ("val_wsize", ctypes.c_uint32),
+        ("alpha", ctypes.c_float),
+        ("alpha_bg", ctypes.c_float),
+        ("w1_w2_w3", ctypes.c_float * 3),
+        ("n_iter", ctypes.c_uint32),
+    ]
+
+
+#: The prototype head's parameters, under the official DSPNet code's names (``head={...}`` of the segment calls).
+HEAD_KEYS = tuple(name for name, _ in dspnet_head_options_t._fields_)
+
+
 class dspnet_segment_options_t(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
@@ -217,6 +235,8 @@ class dspnet_segment_options_t(ctypes.Structure):
         ("user_data", ctypes.c_void_p),
         # Appended in 0.2; an older library reads only the fields its own struct_size covers.
         ("propagation", ctypes.c_uint32),
+        # Appended in 0.4.
+        ("head", dspnet_head_options_t),
     ]
 
 
@@ -509,7 +529,7 @@ class Model(_Owned):
         Arrays are indexed ``[i, j, k]`` (nibabel's order; ``index_order="kji"`` for ``[k, j, i]``), in
         any memory order and any dtype the C API takes; ``spacing`` is the voxel size along i, j, k in mm.
         Options as the command line's: ``axis`` ("i", "j", "k" or None = auto), ``extent``, ``modality``,
-        ``fov``, ``components``, ``classes``, ``propagation``; and ``progress(done, total)``, ``cancel``
+        ``fov``, ``components``, ``classes``, ``propagation``, ``head``; and ``progress(done, total)``, ``cancel``
         (an Event or a callable), ``out``. See :func:`segment`."""
         if axis is not None:
             options["slice_axis"] = axis
@@ -608,10 +628,40 @@ def parse_extent(extent):
     return EXTENT_RANGE, first, last
 
 
-def _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation):
+def _set_head(opts, head):
+    """Copy ``head`` ({official name: value}) into ``opts.head``; the library checks the ranges."""
+    unknown = sorted(set(head) - set(HEAD_KEYS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown head option(s) {', '.join(unknown)}; expected {', '.join(HEAD_KEYS)}",
+                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+    if opts.struct_size < ctypes.sizeof(dspnet_segment_options_t):
+        raise LibraryNotFoundError("this libdspnet has no head options (libdspnet 0.4 or newer needed)")
+    for key, value in head.items():
+        try:
+            if key == "w1_w2_w3":
+                parts = value.split(":") if isinstance(value, str) else list(value)
+                if len(parts) != 3:
+                    raise ValueError
+                opts.head.w1_w2_w3[:] = [float(v) for v in parts]
+            elif key in ("fg_thresh", "bg_thresh", "alpha", "alpha_bg"):
+                setattr(opts.head, key, float(value))
+            else:
+                v = int(value)
+                if (isinstance(value, float) and v != value) or not 0 <= v < 2**32:
+                    raise ValueError
+                setattr(opts.head, key, v)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"head option {key}={value!r}: expected "
+                                       + ("three numbers" if key == "w1_w2_w3" else "a number"),
+                                       status=DSPNET_ERROR_INVALID_ARGUMENT) from None
+
+
+def _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head=None):
     """A filled ``dspnet_segment_options_t`` and the class buffer it points to (keep both alive)."""
     opts = dspnet_segment_options_t()
     lib._cdll.dspnet_segment_options_init(ctypes.byref(opts))
+    if head:
+        _set_head(opts, head)
     opts.slice_axis = _axis_value(slice_axis)
     try:
         opts.modality = MODALITY[str(modality).lower()]
@@ -722,7 +772,7 @@ def _spacing(spacing_ijk):
 
 def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
             fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
-            index_order="kji", propagation="memory"):
+            index_order="kji", propagation="memory", head=None):
     """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
 
     - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
@@ -734,6 +784,8 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     - ``extent``: "auto", "all", "A:B" or (A, B), inclusive slice indices along the slice axis.
     - ``propagation``: "memory" (follow the structure slice by slice; with extent "auto" it stops where
       the structure ends) or "independent" (each slice on its own, the paper's protocol).
+    - ``head``: prototype-head parameters under the official code's names, e.g. ``{"avg_sp_area": 50}``
+      (keys in :data:`HEAD_KEYS`; ``w1_w2_w3`` takes three numbers); the others keep their defaults.
     - ``progress(done, total)``: called on this thread before any work and after each slice; if it
       raises, the run is cancelled and the exception re-raised.
     - ``cancel``: a ``threading.Event`` or a callable returning True to cancel (checked at each slice);
@@ -751,7 +803,7 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     sup = _as_u16(sup.T if index_order == "ijk" else sup, img.shape, "support")
     out_kji, out_user = _output_array(out, img.shape, index_order)
     vol.spacing[:] = _spacing(spacing_ijk)
-    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
+    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head)
 
     if lib.has_summary:
         def call(o, sm):
@@ -810,7 +862,8 @@ class Session(_Owned):
         return self._handle
 
     def segment(self, support, *, slice_axis=None, extent="auto", modality="auto", fov="slice",
-                components="support", classes=None, progress=None, cancel=None, out=None, propagation="memory"):
+                components="support", classes=None, progress=None, cancel=None, out=None, propagation="memory",
+                head=None):
         """:func:`segment` on the session's image (same options, same results voxel for voxel)."""
         lib = self.library
         sup = np.asarray(support)
@@ -818,7 +871,7 @@ class Session(_Owned):
             sup = sup.T
         sup = _as_u16(sup, self.shape, "support")
         out_kji, out_user = _output_array(out, self.shape, self.index_order)
-        opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
+        opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head)
         handle = self.handle
 
         def call(o, sm):
@@ -844,7 +897,7 @@ class Session(_Owned):
 
 def segment_files(model, image_path, support_path, output_path, *, slice_axis=None, axis=None, extent="auto",
                   modality="auto", fov="slice", components="support", classes=None, progress=None, cancel=None,
-                  propagation="memory"):
+                  propagation="memory", head=None):
     """One study from files to a file (``dspnet_segment_files``): read the image (NIfTI, NRRD or a DICOM
     folder) and its painted labels, segment, and write the labels to ``output_path`` (.nii, .nii.gz,
     .nrrd, .seg.nrrd) with the image's geometry, atomically (never a partial file). Exactly what
@@ -858,7 +911,7 @@ def segment_files(model, image_path, support_path, output_path, *, slice_axis=No
     if axis is not None:
         slice_axis = axis
     paths = [os.fsencode(os.fspath(p)) for p in (image_path, support_path, output_path)]
-    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation)
+    opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head)
 
     def call(o, sm):
         return lib._cdll.dspnet_segment_files(model.handle, paths[0], paths[1], paths[2], o, sm)

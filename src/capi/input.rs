@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use super::error::Failure;
 use super::*;
+use crate::model::prototypes::options::SetError;
+use crate::model::prototypes::HeadOptions;
 use crate::volume::{AxisChoice, ComponentsMode, ExtentMode, FovMode, ModalityChoice, Propagation, SegmentOptions};
 use crate::weights;
 use crate::DspnetError;
@@ -72,7 +74,51 @@ pub(crate) fn default_options() -> dspnet_segment_options_t {
         progress: None,
         user_data: std::ptr::null_mut(),
         propagation: DSPNET_PROPAGATION_MEMORY,
+        head: default_head_options(),
     }
+}
+
+fn default_head_options() -> dspnet_head_options_t {
+    let d = HeadOptions::default();
+    dspnet_head_options_t {
+        max_num_sp: d.max_seeds as u32,
+        avg_sp_area: d.area_per_seed as u32,
+        fg_thresh: d.fg_threshold,
+        bg_thresh: d.bg_threshold,
+        val_wsize: d.local_pool as u32,
+        alpha: d.alpha_fg,
+        alpha_bg: d.alpha_bg,
+        w1_w2_w3: d.mixing_weights,
+        n_iter: d.cluster_iterations as u32,
+    }
+}
+
+/// The caller's head fields, checked with the same ranges and messages as `--head KEY=VALUE`.
+fn head_options(h: &dspnet_head_options_t) -> Result<HeadOptions, Failure> {
+    let mut o = HeadOptions::default();
+    let w = h.w1_w2_w3;
+    let items = [
+        ("max_num_sp", h.max_num_sp.to_string()),
+        ("avg_sp_area", h.avg_sp_area.to_string()),
+        ("fg_thresh", h.fg_thresh.to_string()),
+        ("bg_thresh", h.bg_thresh.to_string()),
+        ("val_wsize", h.val_wsize.to_string()),
+        ("alpha", h.alpha.to_string()),
+        ("alpha_bg", h.alpha_bg.to_string()),
+        ("w1_w2_w3", format!("{}:{}:{}", w[0], w[1], w[2])),
+        ("n_iter", h.n_iter.to_string()),
+    ];
+    for (key, value) in &items {
+        // Rust prints an f32 so that it parses back to the same value: the text round trip is exact.
+        o.try_set(key, value).map_err(|why| {
+            let why = match why {
+                SetError::Value(why) => why,
+                SetError::UnknownKey => "unknown parameter".into(),
+            };
+            Failure::invalid(format!("options->head.{key} is {value}: {why}"))
+        })?;
+    }
+    Ok(o)
 }
 
 /// Options checked and converted.
@@ -107,16 +153,19 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
     } else {
         // SAFETY: non-null; struct_size is the first field of every version.
         let size = unsafe { std::ptr::addr_of!((*p).struct_size).read() };
-        // The first version ended with user_data.
+        // Where each version ended: 0.1 with user_data, 0.2 with propagation, 0.4 with head.
         let v1 = std::mem::offset_of!(dspnet_segment_options_t, propagation);
+        let v2 = std::mem::offset_of!(dspnet_segment_options_t, head);
+        let v3 = std::mem::size_of::<dspnet_segment_options_t>();
         if size < v1 {
             return Err(Failure::invalid(format!(
                 "options->struct_size is {size}, smaller than {v1} (sizeof(dspnet_segment_options_t) in ABI version 1); initialise the options with dspnet_segment_options_init()"
             )));
         }
-        // Fields past the caller's struct_size keep their defaults.
+        // Fields past the caller's struct_size keep their defaults; a size between two versions (an older
+        // struct's tail padding) reads the older version's fields only, never part of a field.
         let mut o = default_options();
-        let n = size.min(std::mem::size_of::<dspnet_segment_options_t>());
+        let n = [v3, v2, v1].into_iter().find(|&end| end <= size).unwrap_or(v1);
         // SAFETY: the caller's struct has at least `n` readable bytes; every bit pattern is a valid value
         // of each field (integers, raw pointers, an optional function pointer), and `o` is a plain
         // repr(C) struct of at least `n` bytes.
@@ -155,6 +204,7 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
         DSPNET_PROPAGATION_INDEPENDENT => Propagation::Independent,
         v => return Err(Failure::invalid(format!("options->propagation is {v}, not a DSPNET_PROPAGATION_* value"))),
     };
+    let head = head_options(&o.head)?;
     let classes = if o.classes.is_null() || o.num_classes == 0 {
         None
     } else {
@@ -162,7 +212,7 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
         Some(unsafe { u16_slice(o.classes, o.num_classes, "options->classes") }?.to_vec())
     };
     Ok(Options {
-        segment: SegmentOptions { axis, modality, extent, fov, components, classes, propagation, ..SegmentOptions::default() },
+        segment: SegmentOptions { axis, modality, extent, fov, components, classes, propagation, head, ..SegmentOptions::default() },
         progress: o.progress,
         user_data: o.user_data,
     })

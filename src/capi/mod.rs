@@ -37,7 +37,7 @@ pub const DSPNET_ABI_VERSION: u32 = 1;
 /// Crate (release) version, major part; `dspnet_version()` returns the full string.
 pub const DSPNET_VERSION_MAJOR: u32 = 0;
 /// Crate (release) version, minor part.
-pub const DSPNET_VERSION_MINOR: u32 = 3;
+pub const DSPNET_VERSION_MINOR: u32 = 4;
 /// Crate (release) version, patch part.
 pub const DSPNET_VERSION_PATCH: u32 = 0;
 /// The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
@@ -211,6 +211,36 @@ pub struct dspnet_segment_options_t {
     /// How query slices are scored (default `DSPNET_PROPAGATION_MEMORY`). Appended in 0.2: a caller
     /// built against an older header gets the default.
     pub propagation: dspnet_propagation_t,
+    /// The prototype head's parameters (default: the official code's). Appended in 0.4: a caller built
+    /// against an older header gets the defaults.
+    pub head: dspnet_head_options_t,
+}
+
+/// The prototype head's parameters, under the official DSPNet code's names (`dspnet --head KEY=VALUE`
+/// takes the same names). `dspnet_segment_options_init()` sets the official defaults, shown in brackets;
+/// a value outside its range makes the call fail with `DSPNET_ERROR_INVALID_ARGUMENT` naming the field.
+/// The model card's study says which ones matter for which structure sizes.
+#[repr(C)]
+pub struct dspnet_head_options_t {
+    /// At most this many FSPA cluster seeds, 0-64; 0 or 1 = no clustering [5].
+    pub max_num_sp: u32,
+    /// Support foreground feature cells (8x8 canvas pixels each) per seed, 1-1024 [100].
+    pub avg_sp_area: u32,
+    /// Pooled foreground above which a local fg prototype is kept; also the test (some 4x4 window at or
+    /// above it) for using local fg prototypes at all; 0-1 [0.95].
+    pub fg_thresh: f32,
+    /// Pooled background above which a local bg prototype is kept, 0-1 [0.95].
+    pub bg_thresh: f32,
+    /// Side of the local-prototype pooling window in feature cells: 1, 2, 4, 8, 16 or 32 [2].
+    pub val_wsize: u32,
+    /// BCMA mixing strength of the fg-local prototypes (the official `self.a`), -10 to 10 [0.2].
+    pub alpha: f32,
+    /// BCMA mixing strength of the bg prototypes, -10 to 10 [0.2].
+    pub alpha_bg: f32,
+    /// BCMA channel-neighbour weights (w1, w2, w3), each -10 to 10 [0.3, 0.8, 0.3].
+    pub w1_w2_w3: [f32; 3],
+    /// SpCenterIter clustering iterations, 0-1000 [10].
+    pub n_iter: u32,
 }
 
 /// At most this many slices are suggested in `dspnet_segment_summary_t.suggested_slices`.
@@ -668,10 +698,14 @@ mod tests {
         assert_eq!(size_of::<dspnet_status_t>(), 4);
         assert_eq!((size_of::<dspnet_volume_t>(), align_of::<dspnet_volume_t>()), (64, 8));
         assert_eq!(offset_of!(dspnet_volume_t, dims), 16);
-        // Version 1 was 80 bytes, ending with user_data; 0.2 appended propagation.
+        // Version 1 was 80 bytes, ending with user_data; 0.2 appended propagation (88 bytes with the
+        // padding), 0.4 the head parameters (44 bytes from offset 84).
         assert_eq!(offset_of!(dspnet_segment_options_t, user_data), 72);
         assert_eq!(offset_of!(dspnet_segment_options_t, propagation), 80);
-        assert_eq!(size_of::<dspnet_segment_options_t>(), 88);
+        assert_eq!(offset_of!(dspnet_segment_options_t, head), 84);
+        assert_eq!((size_of::<dspnet_head_options_t>(), align_of::<dspnet_head_options_t>()), (44, 4));
+        assert_eq!(offset_of!(dspnet_head_options_t, w1_w2_w3), 28);
+        assert_eq!(size_of::<dspnet_segment_options_t>(), 128);
         assert_eq!(offset_of!(dspnet_segment_options_t, extent_first), 24);
         assert_eq!(offset_of!(dspnet_segment_options_t, progress), 64);
         // Version 1 of the summary was 48 bytes, ending with seconds; 0.2 appended confidences and suggestions.
@@ -732,7 +766,8 @@ mod tests {
             let mut o = std::mem::MaybeUninit::<dspnet_segment_options_t>::uninit();
             dspnet_segment_options_init(o.as_mut_ptr());
             let o = o.assume_init();
-            assert_eq!((o.struct_size, o.slice_axis, o.extent, o.propagation), (88, -1, DSPNET_EXTENT_AUTO, DSPNET_PROPAGATION_MEMORY));
+            assert_eq!((o.struct_size, o.slice_axis, o.extent, o.propagation), (128, -1, DSPNET_EXTENT_AUTO, DSPNET_PROPAGATION_MEMORY));
+            assert_eq!((o.head.max_num_sp, o.head.avg_sp_area, o.head.val_wsize, o.head.n_iter, o.head.w1_w2_w3), (5, 100, 2, 10, [0.3, 0.8, 0.3]));
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, spearman, Baseline, ClassScore, Method};
 use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
+use dspnet::model::prototypes::HeadOptions;
 use dspnet::{DspnetError, Result};
 
 use super::segment::ModelArgs;
@@ -62,11 +63,32 @@ pub struct EvalArgs {
     /// painted slices, side by side per class (features are encoded once and shared by all three).
     #[arg(long, conflicts_with_all = ["method", "preview"])]
     compare: bool,
+    /// one-slice: re-score with one head parameter at each of these values, the others as given (repeatable:
+    /// each KEY is swept on its own), e.g. --sweep avg_sp_area=25,50,100,200 --sweep w1_w2_w3=0.3:0.8:0.3,0:1:0.
+    /// Keys as --head. Slices are encoded once and reused, so a sweep costs little more than one run.
+    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep, conflicts_with_all = ["method", "preview", "compare"])]
+    sweep: Vec<(String, Vec<String>)>,
+}
+
+/// One `--sweep KEY=V1,V2,...`, each value checked now.
+fn parse_sweep(s: &str) -> std::result::Result<(String, Vec<String>), String> {
+    let (key, values) = s.split_once('=').ok_or(format!("'{s}': expected KEY=V1,V2,..."))?;
+    let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+    if values.is_empty() {
+        return Err(format!("'{s}': no values to sweep"));
+    }
+    for v in &values {
+        HeadOptions::default().set(key.trim(), v).map_err(|e| e.to_string())?;
+    }
+    Ok((key.trim().to_string(), values))
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.compare {
         return compare(a);
+    }
+    if !a.sweep.is_empty() {
+        return sweep(a);
     }
     let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
     // Loaded only for dspnet: the baselines must run where no model is installed.
@@ -175,7 +197,7 @@ const EXTENT_TOLERANCE: usize = 3;
 
 /// Summary of one method over the classes.
 struct MethodSummary {
-    name: &'static str,
+    name: String,
     mean: f64,
     median: f64,
     mean_in_extent: f64,
@@ -188,7 +210,7 @@ struct MethodSummary {
     confidence_rank_mean: Option<f64>,
 }
 
-fn summarise(name: &'static str, scores: &[ClassScore]) -> MethodSummary {
+fn summarise(name: &str, scores: &[ClassScore]) -> MethodSummary {
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -197,7 +219,7 @@ fn summarise(name: &'static str, scores: &[ClassScore]) -> MethodSummary {
     let n = scores.len().max(1) as f64;
     let ends = scores.iter().map(|s| s.extent_error().map_or(0, |(a, b)| usize::from(a <= EXTENT_TOLERANCE) + usize::from(b <= EXTENT_TOLERANCE))).sum::<usize>();
     MethodSummary {
-        name,
+        name: name.to_string(),
         mean: scores.iter().map(|s| s.dice).sum::<f64>() / n,
         median: median(scores.iter().map(|s| s.dice).collect()),
         mean_in_extent: scores.iter().map(|s| s.dice_in_extent).sum::<f64>() / n,
@@ -293,5 +315,83 @@ fn compare(a: EvalArgs) -> Result<()> {
         );
     }
     println!("(seconds: features are encoded once and shared, so the first method pays for the encoding of the slices it visits)");
+    Ok(())
+}
+
+/// `--sweep`: the model at the given options, then one head parameter at a time over its values, with the
+/// copy baseline on the same painted slices beside them.
+fn sweep(a: EvalArgs) -> Result<()> {
+    if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
+        return Err(DspnetError::InvalidArgument("--sweep applies to --protocol one-slice only".into()));
+    }
+    let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
+    let model = a.model.load_model()?;
+    let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
+    let base = a.model.options();
+    let mut cache = FeatureCache::default();
+    // (key, value, scores); the first row is the options as given.
+    let mut rows: Vec<(String, String, Vec<ClassScore>)> = Vec::new();
+    let given = base.head.changed();
+    let given = if given.is_empty() { "defaults".to_string() } else { given.join(" ") };
+    rows.push(("as given".into(), given, evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &base, &mut cache)?.0));
+    for (key, values) in &a.sweep {
+        for value in values {
+            let mut opts = base.clone();
+            opts.head.set(key, value)?;
+            let scores = evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &opts, &mut cache)?.0;
+            rows.push((key.clone(), opts.head.get(key).unwrap_or_default(), scores));
+        }
+    }
+    let copy = evaluate_one_slice(Method::Naive(Baseline::Copy), q, &gt.data, &base)?.0;
+    let propagation = match base.propagation {
+        Propagation::Memory => "memory",
+        Propagation::Independent => "independent",
+    };
+    let copy_summary = summarise("copy", &copy);
+    let summary_json = |m: &MethodSummary, scores: &[ClassScore]| {
+        serde_json::json!({
+            "classes": scores.iter().map(score_json).collect::<Vec<_>>(),
+            "mean_dice": m.mean, "median_dice": m.median,
+            "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
+            "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
+        })
+    };
+    if a.json {
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(key, value, scores)| {
+                let mut v = summary_json(&summarise(key, scores), scores);
+                v["key"] = serde_json::json!(key);
+                v["value"] = serde_json::json!(value);
+                v
+            })
+            .collect();
+        let head: serde_json::Map<String, serde_json::Value> =
+            dspnet::model::prototypes::HEAD_KEYS.iter().map(|(k, _)| (k.to_string(), serde_json::json!(base.head.get(k)))).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "protocol": "one-slice", "propagation": propagation, "head": head, "sweep": results, "copy": summary_json(&copy_summary, &copy) })
+        );
+        return Ok(());
+    }
+    println!("protocol one-slice, propagation {propagation}; Dice whole volume per class, then over the classes (ext: inside the true extent)");
+    print!("{:>12} {:>16} |", "key", "value");
+    for s in &copy {
+        print!(" {:>6}", s.label);
+    }
+    println!(" | {:>7} {:>7} {:>9} {:>7} {:>7} {:>7}", "mean", "median", "mean(ext)", "ends<=3", "slices", "seconds");
+    let print_row = |key: &str, value: &str, scores: &[ClassScore]| {
+        let m = summarise(key, scores);
+        print!("{:>12} {:>16} |", key, value);
+        for s in scores {
+            print!(" {:>6.3}", s.dice);
+        }
+        println!(" | {:>7.4} {:>7.4} {:>9.4} {:>6.0}% {:>7} {:>7.1}", m.mean, m.median, m.mean_in_extent, 100.0 * m.ends_within, m.slices, m.seconds);
+    };
+    for (key, value, scores) in &rows {
+        print_row(key, value, scores);
+    }
+    print_row("copy", "(baseline)", &copy);
+    println!("(seconds: slices are encoded once and shared, so the first row pays for the encoding)");
     Ok(())
 }

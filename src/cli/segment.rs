@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use dspnet::model::prototypes::HeadOptions;
 use dspnet::model::{device_from_name, Model};
 use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions};
 use dspnet::{weights, Result};
@@ -117,6 +118,17 @@ pub struct ModelArgs {
     /// Memory, --extent auto: a chain ends after this many rejected slices in a row.
     #[arg(long, default_value_t = MemoryOptions::default().patience, help_heading = "Memory propagation")]
     pub patience: usize,
+    /// Prototype-head parameter under the official code's name, e.g. --head avg_sp_area=50 (repeatable):
+    /// max_num_sp, avg_sp_area, fg_thresh, bg_thresh, val_wsize, alpha, alpha_bg, w1_w2_w3 (a:b:c),
+    /// n_iter. The defaults are the official code's.
+    #[arg(long = "head", value_name = "KEY=VALUE", value_parser = parse_head_item, help_heading = "Prototype head")]
+    pub head: Vec<String>,
+}
+
+/// One `--head KEY=VALUE`, checked now so that a typo fails before the model loads.
+pub fn parse_head_item(s: &str) -> std::result::Result<String, String> {
+    HeadOptions::default().set_all([s]).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 pub fn parse_axis(s: &str) -> std::result::Result<AxisChoice, String> {
@@ -171,8 +183,16 @@ impl ModelArgs {
                 min_area_fraction: self.min_area_fraction,
                 patience: self.patience,
             },
+            head: self.head_options(),
             ..SegmentOptions::default()
         }
+    }
+
+    pub fn head_options(&self) -> HeadOptions {
+        let mut head = HeadOptions::default();
+        // Each item was checked by `parse_head_item`.
+        head.set_all(self.head.iter().map(String::as_str)).expect("--head items are checked when parsed");
+        head
     }
 }
 

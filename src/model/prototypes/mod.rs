@@ -16,6 +16,7 @@ pub mod bcma;
 pub mod cluster;
 pub mod fspa;
 pub mod masks;
+pub mod options;
 pub mod ran;
 pub mod resize;
 pub mod scoring;
@@ -26,55 +27,13 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{DspnetError, Result};
 
 pub use masks::FeatureMasks;
+pub use options::{HeadOptions, HEAD_KEYS};
 pub use resize::{labels_from_logits, resize_bilinear, try_resize_bilinear, upsample_logits};
 pub use seeds::{place_seeds, seed_placement, SeedPlacement};
 
 /// Output stride of the backbone: the support mask is `FEATURE_STRIDE·h × FEATURE_STRIDE·w`.
 pub const FEATURE_STRIDE: usize = 8;
 
-/// Head hyper-parameters. [`Default`] gives the official code defaults (spec §7.5).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadOptions {
-    /// BCMA α of the foreground-local path (`self.a`, code default 0.2; the README's per-setting α).
-    pub alpha_fg: f32,
-    /// BCMA α of the background path (hard-coded 0.2 in the reference).
-    pub alpha_bg: f32,
-    /// (w1, w2, w3) of the tridiagonal `cal` matrix (code default (0.3, 0.8, 0.3)).
-    pub mixing_weights: [f32; 3],
-    /// FG_THRESH: fg-local prototypes need pooled fg > this; mode `gridconv+` needs a 4×4 window ≥ it.
-    pub fg_threshold: f32,
-    /// BG_THRESH: bg prototypes need pooled bg > this.
-    pub bg_threshold: f32,
-    /// `max_num_sp`.
-    pub max_seeds: usize,
-    /// `avg_sp_area` (in feature cells).
-    pub area_per_seed: usize,
-    /// Side of the local-prototype pooling window (`val_wsize`): 2 at inference (16×16 = 256 candidate
-    /// local prototypes); training uses 4 (`proto_grid_size = 8`, spec §2.3).
-    pub local_pool: usize,
-    /// SpCenterIter iterations (`n_iter`).
-    pub cluster_iterations: usize,
-    /// Optional C·C row-major `cal` override (a checkpoint's `cls_unit.cal`). `None` builds it from
-    /// `mixing_weights`, which is what the official pipeline runs (it never reloads `cal`, §1.13).
-    pub calibration: Option<Vec<f32>>,
-}
-
-impl Default for HeadOptions {
-    fn default() -> Self {
-        HeadOptions {
-            alpha_fg: 0.2,
-            alpha_bg: 0.2,
-            mixing_weights: [0.3, 0.8, 0.3],
-            fg_threshold: 0.95,
-            bg_threshold: 0.95,
-            max_seeds: 5,
-            area_per_seed: 100,
-            local_pool: 2,
-            cluster_iterations: 10,
-            calibration: None,
-        }
-    }
-}
 
 /// Which foreground branch the support mask selects (spec §1.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +144,7 @@ impl SupportEpisode {
                 mask_height * mask_width
             )));
         }
-        check_options(opts)?;
+        opts.check()?;
         // The model binarises with `s_y == 1`; the API treats any non-zero value as foreground.
         let fg: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
         if !fg.contains(&1) {
@@ -456,23 +415,3 @@ fn select_columns(x: &Tensor, idx: &[u32]) -> Result<Option<Tensor>> {
     Ok(Some(x.index_select(&ids, 1)?.t()?.contiguous()?))
 }
 
-fn check_options(o: &HeadOptions) -> Result<()> {
-    let finite = [o.alpha_fg, o.alpha_bg, o.fg_threshold, o.bg_threshold]
-        .iter()
-        .chain(o.mixing_weights.iter())
-        .all(|v| v.is_finite());
-    if !finite {
-        return Err(DspnetError::InvalidArgument(
-            "head options must be finite".into(),
-        ));
-    }
-    if o.local_pool == 0 {
-        return Err(DspnetError::InvalidArgument("local_pool must be >= 1".into()));
-    }
-    if o.area_per_seed == 0 {
-        return Err(DspnetError::InvalidArgument(
-            "area_per_seed must be >= 1".into(),
-        ));
-    }
-    Ok(())
-}

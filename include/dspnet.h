@@ -50,7 +50,7 @@
 /**
  * Crate (release) version, minor part.
  */
-#define DSPNET_VERSION_MINOR 3
+#define DSPNET_VERSION_MINOR 4
 
 /**
  * Crate (release) version, patch part.
@@ -212,6 +212,52 @@ typedef int (*dspnet_progress_fn)(void *user_data, size_t done, size_t total);
 typedef uint32_t dspnet_propagation_t;
 
 /**
+ * The prototype head's parameters, under the official DSPNet code's names (`dspnet --head KEY=VALUE`
+ * takes the same names). `dspnet_segment_options_init()` sets the official defaults, shown in brackets;
+ * a value outside its range makes the call fail with `DSPNET_ERROR_INVALID_ARGUMENT` naming the field.
+ * The model card's study says which ones matter for which structure sizes.
+ */
+typedef struct dspnet_head_options_t {
+    /**
+     * At most this many FSPA cluster seeds, 0-64; 0 or 1 = no clustering [5].
+     */
+    uint32_t max_num_sp;
+    /**
+     * Support foreground feature cells (8x8 canvas pixels each) per seed, 1-1024 [100].
+     */
+    uint32_t avg_sp_area;
+    /**
+     * Pooled foreground above which a local fg prototype is kept; also the test (some 4x4 window at or
+     * above it) for using local fg prototypes at all; 0-1 [0.95].
+     */
+    float fg_thresh;
+    /**
+     * Pooled background above which a local bg prototype is kept, 0-1 [0.95].
+     */
+    float bg_thresh;
+    /**
+     * Side of the local-prototype pooling window in feature cells: 1, 2, 4, 8, 16 or 32 [2].
+     */
+    uint32_t val_wsize;
+    /**
+     * BCMA mixing strength of the fg-local prototypes (the official `self.a`), -10 to 10 [0.2].
+     */
+    float alpha;
+    /**
+     * BCMA mixing strength of the bg prototypes, -10 to 10 [0.2].
+     */
+    float alpha_bg;
+    /**
+     * BCMA channel-neighbour weights (w1, w2, w3), each -10 to 10 [0.3, 0.8, 0.3].
+     */
+    float w1_w2_w3[3];
+    /**
+     * SpCenterIter clustering iterations, 0-1000 [10].
+     */
+    uint32_t n_iter;
+} dspnet_head_options_t;
+
+/**
  * Options of `dspnet_segment()`. Always initialise with `dspnet_segment_options_init()` (which also
  * sets `struct_size`), then change fields: a zero-filled struct is *not* the default (slice_axis 0 is i).
  *
@@ -275,6 +321,11 @@ typedef struct dspnet_segment_options_t {
      * built against an older header gets the default.
      */
     dspnet_propagation_t propagation;
+    /**
+     * The prototype head's parameters (default: the official code's). Appended in 0.4: a caller built
+     * against an older header gets the defaults.
+     */
+    struct dspnet_head_options_t head;
 } dspnet_segment_options_t;
 
 /**

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-/// Everything that can go wrong in libdspnet, with a message that names the problem.
+/// Everything that can go wrong in libdspnet, with a message that names the problem. Non-exhaustive:
+/// later versions may add kinds, so a `match` needs a catch-all arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DspnetError {
     /// A tensor or buffer does not have the shape the operation needs.
     #[error("shape mismatch: {0}")]
@@ -15,9 +17,11 @@ pub enum DspnetError {
     /// NaN or infinity where finite numbers are required.
     #[error("non-finite input: {0}")]
     NonFinite(String),
-    /// The support mask has no foreground pixel, so there is nothing to segment.
-    #[error("support slice has no labelled pixel{0}")]
-    EmptySupport(String),
+    /// There is no labelled support to segment from: for one class (when `class` is set), on one slice
+    /// (when `slice` is set), or at all; `detail` says what is missing, as a clause ("the support label
+    /// volume has no non-zero voxel").
+    #[error("empty support{}{}: {detail}", class.map_or(String::new(), |c| format!(" for class {c}")), slice.map_or(String::new(), |z| format!(" on slice {z}")))]
+    EmptySupport { class: Option<u16>, slice: Option<usize>, detail: String },
     /// A weight file is not what libdspnet expects: missing, unexpected or mis-shaped tensors,
     /// foreign or truncated format, unsupported checkpoint kind.
     #[error("model format: {0}")]
@@ -50,8 +54,34 @@ pub enum DspnetError {
 pub type Result<T, E = DspnetError> = std::result::Result<T, E>;
 
 impl DspnetError {
+    /// An [`DspnetError::EmptySupport`] for `class` (and `slice`, when known).
+    pub fn empty_support(class: Option<u16>, slice: Option<usize>, detail: impl Into<String>) -> Self {
+        DspnetError::EmptySupport { class, slice, detail: detail.into() }
+    }
+
     /// Build an [`DspnetError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DspnetError::Io { path: path.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_support_composes_one_sentence_from_its_fields() {
+        let msg = |class, slice| DspnetError::empty_support(class, slice, "the labelled region vanishes").to_string();
+        assert_eq!(msg(None, None), "empty support: the labelled region vanishes");
+        assert_eq!(msg(Some(3), None), "empty support for class 3: the labelled region vanishes");
+        assert_eq!(msg(Some(3), Some(12)), "empty support for class 3 on slice 12: the labelled region vanishes");
+    }
+
+    #[test]
+    fn overflowing_dims_are_a_shape_error_everywhere() {
+        let dims = [usize::MAX, 2, 1];
+        assert!(matches!(crate::volume::voxel_count(dims), Err(DspnetError::Shape(_))));
+        let g = crate::io::Geometry::identity(dims);
+        assert!(matches!(g.voxel_count(), Err(DspnetError::Shape(_))));
     }
 }

@@ -183,6 +183,31 @@ fn c_abi_matches_rust_api_and_is_shareable() {
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
     assert!(message().contains("options->head.max_num_sp is 1000: expected 0 to 64"), "{}", message());
     assert!(out.iter().all(|&v| v == 0xffff));
+    // Misaligned struct pointers (options, summary, image) are refused, naming the argument; they are
+    // never read. The init function fills a misaligned struct safely.
+    let mut bytes = vec![0u8; 2 * std::mem::size_of::<dspnet_segment_options_t>() + 16];
+    let base = bytes.as_mut_ptr();
+    let misaligned = unsafe { base.add(8 - (base as usize) % 8 + 1) } as *mut dspnet_segment_options_t;
+    unsafe { dspnet_segment_options_init(misaligned) };
+    let copied = unsafe { misaligned.read_unaligned() };
+    assert_eq!((copied.struct_size, copied.slice_axis, copied.head.max_num_sp), (std::mem::size_of::<dspnet_segment_options_t>(), -1, 5));
+    let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), misaligned) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert!(message().contains("options") && message().contains("not aligned"), "{}", message());
+    let mut sbytes = vec![0u8; 2 * std::mem::size_of::<dspnet_segment_summary_t>() + 16];
+    let sbase = sbytes.as_mut_ptr();
+    let summary = unsafe { sbase.add(8 - (sbase as usize) % 8 + 4) } as *mut dspnet_segment_summary_t;
+    let st = unsafe { dspnet_segment_with_summary(handle, &volume, support.as_ptr(), out.as_mut_ptr(), std::ptr::null(), summary) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert!(message().contains("summary") && message().contains("not aligned"), "{}", message());
+    let mut vbytes = vec![0u8; 2 * std::mem::size_of::<dspnet_volume_t>() + 16];
+    let vbase = vbytes.as_mut_ptr();
+    let image = unsafe { vbase.add(8 - (vbase as usize) % 8 + 2) } as *mut dspnet_volume_t;
+    unsafe { image.write_unaligned(dspnet_volume_t { data: img.as_ptr().cast(), dtype: DSPNET_DTYPE_I16, dims: CROP, spacing: [1.0; 3] }) };
+    let st = unsafe { dspnet_segment(handle, image, support.as_ptr(), out.as_mut_ptr(), std::ptr::null()) };
+    assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert!(message().contains("image") && message().contains("not aligned"), "{}", message());
+    assert!(out.iter().all(|&v| v == 0xffff), "a refused call leaves the output untouched");
     unsafe { dspnet_model_free(handle) };
     unsafe { dspnet_model_free(handle) }; // a second free is a no-op
     let _ = std::fs::remove_dir_all(&dir);

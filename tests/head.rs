@@ -61,7 +61,7 @@ fn error_paths() {
 
     // Empty mask.
     let r = SupportEpisode::new(&fs, &vec![0u8; 64 * 64], 64, 64, &opts);
-    assert!(matches!(r, Err(DspnetError::EmptySupport(_))), "{r:?}");
+    assert!(matches!(r, Err(DspnetError::EmptySupport { .. })), "{r:?}");
     // Wrong mask sizes: declared size not 8x the features, and buffer length mismatch.
     let r = SupportEpisode::new(&fs, &vec![1u8; 64 * 56], 64, 56, &opts);
     assert!(matches!(r, Err(DspnetError::Shape(_))), "{r:?}");

@@ -192,7 +192,7 @@ fn bad_input_is_refused() {
     let mut s = session(&img, 0);
     let e = s.segment(model(), &support[1..], &SegmentOptions::default(), &mut |_, _| true).err().unwrap();
     assert!(matches!(e, DspnetError::Shape(ref m) if m.contains("session")), "{e}");
-    assert!(matches!(s.segment(model(), &vec![0u16; support.len()], &SegmentOptions::default(), &mut |_, _| true), Err(DspnetError::EmptySupport(_))));
+    assert!(matches!(s.segment(model(), &vec![0u16; support.len()], &SegmentOptions::default(), &mut |_, _| true), Err(DspnetError::EmptySupport { class: None, .. })));
 }
 
 // ---- C ABI ----

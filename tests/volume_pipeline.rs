@@ -228,7 +228,7 @@ fn bad_arguments_are_rejected() {
     let bad_spacing = VolumeRef { spacing: [0.0, 1.0, 1.0], ..view(&img) };
     assert!(matches!(segment(model(), bad_spacing, &sup.data, &o, &mut |_, _| true), Err(DspnetError::InvalidArgument(_))));
     assert!(matches!(run(&img, &sup.data, &SegmentOptions { axis: AxisChoice::Fixed(3), ..o.clone() }), Err(DspnetError::InvalidArgument(_))));
-    assert!(matches!(run(&img, &sup.data, &SegmentOptions { classes: Some(vec![4]), ..o.clone() }), Err(DspnetError::EmptySupport(_))));
+    assert!(matches!(run(&img, &sup.data, &SegmentOptions { classes: Some(vec![4]), ..o.clone() }), Err(DspnetError::EmptySupport { class: Some(4), slice: None, .. })));
     let mut nan = img.clone();
     nan.data[5] = f32::NAN;
     assert!(matches!(run(&nan, &sup.data, &o), Err(DspnetError::NonFinite(_))));

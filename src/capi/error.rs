@@ -106,7 +106,7 @@ pub(crate) fn status_of(e: &DspnetError) -> dspnet_status_t {
         DspnetError::Shape(_) => DSPNET_ERROR_SHAPE,
         DspnetError::InvalidArgument(_) => DSPNET_ERROR_INVALID_ARGUMENT,
         DspnetError::NonFinite(_) => DSPNET_ERROR_NON_FINITE,
-        DspnetError::EmptySupport(_) => DSPNET_ERROR_NO_SUPPORT,
+        DspnetError::EmptySupport { .. } => DSPNET_ERROR_NO_SUPPORT,
         DspnetError::ModelFormat(_) => DSPNET_ERROR_MODEL_FORMAT,
         DspnetError::VolumeFormat(_) => DSPNET_ERROR_VOLUME_FORMAT,
         DspnetError::Io { .. } => DSPNET_ERROR_IO,

@@ -151,7 +151,8 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
     let o = if p.is_null() {
         default_options()
     } else {
-        // SAFETY: non-null; struct_size is the first field of every version.
+        check_aligned(p, "options")?;
+        // SAFETY: non-null and aligned; struct_size is the first field of every version.
         let size = unsafe { std::ptr::addr_of!((*p).struct_size).read() };
         // Where each version ended: 0.1 with user_data, 0.2 with propagation, 0.4 with head.
         let v1 = std::mem::offset_of!(dspnet_segment_options_t, propagation);

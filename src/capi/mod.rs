@@ -414,8 +414,9 @@ pub unsafe extern "C" fn dspnet_model_device(model: *const dspnet_model_t) -> *c
 pub unsafe extern "C" fn dspnet_segment_options_init(options: *mut dspnet_segment_options_t) {
     ffi_boundary!("dspnet_segment_options_init", default = (), {
         if !options.is_null() {
-            // SAFETY: the caller provides a writable, aligned struct of at least this version's size.
-            unsafe { options.write(input::default_options()) };
+            // SAFETY: the caller provides a writable struct of at least this version's size; written
+            // unaligned so that a misaligned struct (a packed or hand-placed one) is still filled safely.
+            unsafe { options.write_unaligned(input::default_options()) };
         }
     })
 }
@@ -514,7 +515,8 @@ unsafe fn segment_impl(
     if image.is_null() {
         return Err(Failure::null("image"));
     }
-    // SAFETY: non-null; every bit pattern is a valid dspnet_volume_t (integers, floats, pointers).
+    input::check_aligned(image, "image")?;
+    // SAFETY: non-null, aligned; every bit pattern is a valid dspnet_volume_t (integers, floats, pointers).
     let image = unsafe { image.read() };
     let n = input::checked_voxel_count(image.dims)?;
     // SAFETY: caller contract for every pointer; checked inside.
@@ -554,7 +556,8 @@ impl SummaryOut {
         if summary.is_null() {
             return Ok(None);
         }
-        // SAFETY: non-null; struct_size is its first field.
+        input::check_aligned(summary as *const dspnet_segment_summary_t, "summary")?;
+        // SAFETY: non-null and aligned; struct_size is its first field.
         let size = unsafe { std::ptr::addr_of!((*summary).struct_size).read() };
         let v1 = std::mem::offset_of!(dspnet_segment_summary_t, num_slices);
         if size < v1 {

@@ -94,8 +94,8 @@ fn live_session(handle: *const dspnet_session_t) -> Result<Arc<LiveSession>, Fai
 pub unsafe extern "C" fn dspnet_session_options_init(options: *mut dspnet_session_options_t) {
     ffi_boundary!("dspnet_session_options_init", default = (), {
         if !options.is_null() {
-            // SAFETY: the caller provides a writable, aligned struct of at least this version's size.
-            unsafe { options.write(dspnet_session_options_t { struct_size: std::mem::size_of::<dspnet_session_options_t>(), feature_budget_bytes: 0 }) };
+            // SAFETY: the caller provides a writable struct of at least this version's size (any alignment).
+            unsafe { options.write_unaligned(dspnet_session_options_t { struct_size: std::mem::size_of::<dspnet_session_options_t>(), feature_budget_bytes: 0 }) };
         }
     })
 }
@@ -126,10 +126,12 @@ pub unsafe extern "C" fn dspnet_session_create(
         if image.is_null() {
             return Err(Failure::null("image"));
         }
+        input::check_aligned(image, "image")?;
         let budget = if options.is_null() {
             0
         } else {
-            // SAFETY: non-null; struct_size is the first field of every version.
+            input::check_aligned(options, "options")?;
+            // SAFETY: non-null and aligned; struct_size is the first field of every version.
             let size = unsafe { std::ptr::addr_of!((*options).struct_size).read() };
             let v1 = std::mem::size_of::<dspnet_session_options_t>();
             if size < v1 {
@@ -220,7 +222,8 @@ pub unsafe extern "C" fn dspnet_session_info(session: *const dspnet_session_t, i
         if info.is_null() {
             return Err(Failure::null("info"));
         }
-        // SAFETY: non-null; struct_size is its first field.
+        input::check_aligned(info as *const dspnet_session_info_t, "info")?;
+        // SAFETY: non-null and aligned; struct_size is its first field.
         let size = unsafe { std::ptr::addr_of!((*info).struct_size).read() };
         let full = std::mem::size_of::<dspnet_session_info_t>();
         if size < full {

@@ -101,7 +101,7 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
                     let img = dspnet::volume::read_study(path, b.truth.as_ref().expect("truth"))?.0;
                     let dims = img.geometry.dims;
                     let labelled: Vec<usize> = (0..dims[2]).filter(|&z| slice_indices(dims, 2, z).any(|v| t[v] != 0)).collect();
-                    let z = *labelled.get(labelled.len() / 2).ok_or_else(|| DspnetError::EmptySupport(": the truth has no labelled voxel".into()))?;
+                    let z = *labelled.get(labelled.len() / 2).ok_or_else(|| DspnetError::empty_support(None, None, "the truth has no labelled voxel"))?;
                     let mut support = vec![0u16; t.len()];
                     only_slice(t, dims, 2, z, &mut support);
                     (img, support)

@@ -109,12 +109,10 @@ impl Geometry {
             && (0..3).all(|r| (0..3).all(|c| close(self.direction[r][c], other.direction[r][c])))
     }
 
-    /// `dims[0] * dims[1] * dims[2]`, or an error when that overflows `usize`.
+    /// `dims[0] * dims[1] * dims[2]`, or a `Shape` error when that overflows `usize` (the one check of
+    /// the crate: [`crate::volume::voxel_count`]).
     pub fn voxel_count(&self) -> Result<usize> {
-        self.dims
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| DspnetError::InvalidArgument(format!("volume dims {:?}: voxel count overflows", self.dims)))
+        crate::volume::voxel_count(self.dims)
     }
 
     /// Physical (LPS, mm) position of the continuous index `ijk`:

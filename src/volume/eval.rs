@@ -54,7 +54,7 @@ impl NaiveRule {
                 let mut values: Vec<f32> =
                     slice_indices(image.dims, axis, z).filter(|&v| labels[v] == label).map(|v| image.data[v]).filter(|x| x.is_finite()).collect();
                 if values.is_empty() {
-                    return Err(DspnetError::EmptySupport(format!(" for class {label} on slice {z}: no finite intensity under its mask")));
+                    return Err(DspnetError::empty_support(Some(label), Some(z), "no finite intensity under its mask"));
                 }
                 values.sort_by(f32::total_cmp);
                 let at = |p: f64| values[(p * (values.len() - 1) as f64).round() as usize];
@@ -173,7 +173,7 @@ fn classes_of(gt: &[u16], wanted: &Option<Vec<u16>>) -> Result<Vec<u16>> {
         return Err(DspnetError::InvalidArgument(format!("class {c} does not occur in the ground truth (present: {present:?})")));
     }
     if classes.is_empty() {
-        return Err(DspnetError::EmptySupport(": the ground truth has no labelled voxel".into()));
+        return Err(DspnetError::empty_support(None, None, "the ground truth has no labelled voxel"));
     }
     Ok(classes)
 }
@@ -331,7 +331,7 @@ pub fn evaluate_alpnet(
         let t0 = Instant::now();
         let support_list: Vec<usize> = (0..s_img.dims[axis]).filter(|&z| slice_indices(s_img.dims, axis, z).any(|v| s_gt[v] == label)).collect();
         if support_list.is_empty() {
-            return Err(DspnetError::EmptySupport(format!(" for class {label} in the support volume")));
+            return Err(DspnetError::empty_support(Some(label), None, "it is absent from the support volume"));
         }
         let (lo, hi) = class_extent(q_gt, q_img.dims, axis, label).expect("class present");
         let l = support_list.len();

@@ -159,7 +159,7 @@ pub fn segment_cached(
     opts.memory.validate()?;
     let present: BTreeSet<u16> = support.iter().copied().filter(|&l| l != 0).collect();
     if present.is_empty() {
-        return Err(DspnetError::EmptySupport(": the support label volume has no non-zero voxel; paint the structure on at least one slice".into()));
+        return Err(DspnetError::empty_support(None, None, "the support label volume has no non-zero voxel; paint the structure on at least one slice"));
     }
     let classes: Vec<u16> = match &opts.classes {
         None => present.iter().copied().collect(),
@@ -168,9 +168,7 @@ pub fn segment_cached(
                 return Err(DspnetError::InvalidArgument("the class list is empty".into()));
             }
             if let Some(c) = wanted.iter().find(|c| !present.contains(c)) {
-                return Err(DspnetError::EmptySupport(format!(
-                    " for class {c}: it is absent from every support slice (labels present: {present:?})"
-                )));
+                return Err(DspnetError::empty_support(Some(*c), None, format!("it is absent from every support slice (labels present: {present:?})")));
             }
             let set: BTreeSet<u16> = wanted.iter().copied().collect();
             set.into_iter().collect()

@@ -107,9 +107,9 @@ impl<'a> PreparedVolume<'a> {
         let mask: Vec<u8> = extract_slice(labels, self.dims, self.axis, z).iter().map(|&l| u8::from(l == label)).collect();
         let canvas_mask = frame.mask_to_canvas(&mask, self.rows, self.cols);
         SupportEpisode::new(features, &canvas_mask, CANVAS, CANVAS, head).map_err(|e| match e {
-            DspnetError::EmptySupport(_) => DspnetError::EmptySupport(format!(
-                " for class {label} on slice {z}: the labelled region vanishes at the model's input resolution"
-            )),
+            DspnetError::EmptySupport { .. } => {
+                DspnetError::empty_support(Some(label), Some(z), "the labelled region vanishes at the model's input resolution")
+            }
             other => other,
         })
     }

@@ -189,7 +189,7 @@ fn follow_chain(
                         memory.push_back(e);
                     }
                     // Too small to be seen at the model's resolution: keep the memory as it is.
-                    Err(DspnetError::EmptySupport(_)) => {}
+                    Err(DspnetError::EmptySupport { .. }) => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -80,6 +80,18 @@ def test_options_are_the_command_lines(model, ct, weights, tmp_path):
     with pytest.raises(dspnet.InvalidArgumentError) as e:
         model.segment(data, support, spacing=spacing, propagation="sideways")
     assert e.value.status == dspnet.binding.DSPNET_ERROR_INVALID_ARGUMENT
+    # Head parameters under the official names, as --head gives them.
+    out = tmp_path / "head.nii.gz"
+    run_cli("segment", os.path.join(CT, "image.nii.gz"), "--support", sup, "-o", out, "--weights", weights,
+            "--device", "cpu", "--extent", EXTENT, "--head", "bg_thresh=0.5", "--head", "w1_w2_w3=0:1:0", "--quiet")
+    head = {"bg_thresh": 0.5, "w1_w2_w3": (0, 1, 0)}
+    tuned = model.segment(data, support, spacing=spacing, extent=EXTENT, head=head)
+    assert np.array_equal(tuned, np.asarray(nib.load(out).dataobj))
+    assert dspnet.HEAD_KEYS[0] == "max_num_sp" and len(dspnet.HEAD_KEYS) == 9
+    with pytest.raises(dspnet.InvalidArgumentError, match="head.val_wsize"):
+        model.segment(data, support, spacing=spacing, head={"val_wsize": 3})
+    with pytest.raises(dspnet.InvalidArgumentError, match="unknown head option.*max_seeds"):
+        model.segment(data, support, spacing=spacing, head={"max_seeds": 3})
 
 
 def test_helpers_keep_geometry(model, ct, reference):

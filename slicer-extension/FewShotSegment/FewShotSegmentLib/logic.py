@@ -122,6 +122,14 @@ def _numpyFromImageData(imageData):
     return ns.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(tuple(reversed(dims)))
 
 
+def _segmentIds(segmentationNode):
+    """The segmentation's segment IDs, in its order."""
+    import vtk
+    ids = vtk.vtkStringArray()
+    segmentationNode.GetSegmentation().GetSegmentIDs(ids)
+    return [ids.GetValue(n) for n in range(ids.GetNumberOfValues())]
+
+
 def volumeGeometryInSegmentationFrame(volumeNode, segmentationNode):
     """An empty ``vtkOrientedImageData`` with the volume's grid, expressed in the segmentation node's
     coordinate frame (they differ when either node is under a transform)."""
@@ -325,22 +333,27 @@ class FewShotSegmentLogic:
     @staticmethod
     def nonEmptySegmentIds(segmentationNode, referenceGeometry=None):
         """IDs of the segments that hold at least one voxel, in the segmentation's order."""
-        import vtk
-        ids = vtk.vtkStringArray()
-        segmentationNode.GetSegmentation().GetSegmentIDs(ids)
+        if referenceGeometry is not None:
+            return list(FewShotSegmentLogic.nonEmptySegmentMasks(segmentationNode, referenceGeometry))
+        import slicer
         result = []
-        for n in range(ids.GetNumberOfValues()):
-            segmentId = ids.GetValue(n)
-            if referenceGeometry is not None:
-                if segmentArrayOnVolumeGrid(segmentationNode, segmentId, referenceGeometry).any():
-                    result.append(segmentId)
-            else:
-                import slicer
-                lm = slicer.vtkOrientedImageData()
-                segmentationNode.GetBinaryLabelmapRepresentation(segmentId, lm)
-                if not lm.IsEmpty() and lm.GetScalarRange()[1] > 0:
-                    result.append(segmentId)
+        for segmentId in _segmentIds(segmentationNode):
+            lm = slicer.vtkOrientedImageData()
+            segmentationNode.GetBinaryLabelmapRepresentation(segmentId, lm)
+            if not lm.IsEmpty() and lm.GetScalarRange()[1] > 0:
+                result.append(segmentId)
         return result
+
+    @staticmethod
+    def nonEmptySegmentMasks(segmentationNode, referenceGeometry):
+        """{segment ID: boolean [k, j, i] mask on ``referenceGeometry``} of the segments holding at least one
+        voxel there, in the segmentation's order. Each segment is resampled once."""
+        masks = {}
+        for segmentId in _segmentIds(segmentationNode):
+            mask = segmentArrayOnVolumeGrid(segmentationNode, segmentId, referenceGeometry).astype(bool)
+            if mask.any():
+                masks[segmentId] = mask
+        return masks
 
     def prepareJob(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, extent="auto",
                    modality="auto", fov="slice", components="support", propagation="memory"):
@@ -364,8 +377,10 @@ class FewShotSegmentLogic:
         geometry = volumeGeometryInSegmentationFrame(volumeNode, segmentationNode)
 
         segmentation = segmentationNode.GetSegmentation()
+        masks = {}  # resampled once: finding the painted segments yields their masks
         if segmentIds is None:
-            segmentIds = self.nonEmptySegmentIds(segmentationNode, geometry)
+            masks = self.nonEmptySegmentMasks(segmentationNode, geometry)
+            segmentIds = list(masks)
             if not segmentIds:
                 raise ValueError("no painted segment: paint the structure on at least one slice first")
         else:
@@ -384,7 +399,9 @@ class FewShotSegmentLogic:
         for n, segmentId in enumerate(segmentIds, start=1):
             name = segmentation.GetSegment(segmentId).GetName()
             names.append(name)
-            mask = segmentArrayOnVolumeGrid(segmentationNode, segmentId, geometry).astype(bool)
+            mask = masks.pop(segmentId, None)
+            if mask is None:
+                mask = segmentArrayOnVolumeGrid(segmentationNode, segmentId, geometry).astype(bool)
             if not mask.any():
                 raise ValueError(f"segment {name!r} is empty on the grid of {volumeNode.GetName()}: paint it on at "
                                  "least one slice of this volume")

@@ -148,9 +148,7 @@ impl SupportEpisode {
         // The model binarises with `s_y == 1`; the API treats any non-zero value as foreground.
         let fg: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
         if !fg.contains(&1) {
-            return Err(DspnetError::EmptySupport(format!(
-                " (all {mask_height}x{mask_width} mask values are 0)"
-            )));
+            return Err(DspnetError::empty_support(None, None, format!("all {mask_height}x{mask_width} mask values are 0")));
         }
 
         let device = features.device().clone();

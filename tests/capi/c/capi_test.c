@@ -349,6 +349,19 @@ static void test_segment_errors(const dspnet_model_t *model) {
     o.propagation = 2;
     EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
     CHECK(strstr(dspnet_last_error_message(), "propagation") != NULL, "message: %s", dspnet_last_error_message());
+    /* Head parameters: the defaults are the official code's; one out of range is refused, naming it. */
+    o = run_options();
+    CHECK(o.head.max_num_sp == 5 && o.head.avg_sp_area == 100 && o.head.val_wsize == 2 && o.head.n_iter == 10 &&
+              o.head.fg_thresh == 0.95f && o.head.w1_w2_w3[1] == 0.8f,
+          "head defaults");
+    o.head.val_wsize = 3;
+    EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+    CHECK(strstr(dspnet_last_error_message(), "head.val_wsize") != NULL, "message: %s", dspnet_last_error_message());
+    o = run_options();
+    o.head.fg_thresh = NAN;
+    EXPECT(dspnet_segment(model, &v, support, out, &o), DSPNET_ERROR_INVALID_ARGUMENT);
+    CHECK(strstr(dspnet_last_error_message(), "head.fg_thresh") != NULL, "message: %s", dspnet_last_error_message());
+    o = run_options();
     /* A caller built against the first header: its struct ends before `propagation`, which is not read
      * (the default applies), whatever lies in memory after the caller's struct. */
     o.struct_size = offsetof(dspnet_segment_options_t, propagation);

@@ -215,6 +215,10 @@ int main(int argc, char **argv) {
         std::vector<std::uint16_t> empty(NV, 0);
         EXPECT_ERROR(model.segment(view, empty, opts), DSPNET_ERROR_NO_SUPPORT);
         EXPECT_ERROR(model.segment(view, std::vector<std::uint16_t>(NV - 1), opts), DSPNET_ERROR_SHAPE);
+        dspnet::SegmentOptions bad_head = opts;
+        CHECK(bad_head.head.avg_sp_area == 100 && bad_head.head.max_num_sp == 5, "head defaults are the library's");
+        bad_head.head.avg_sp_area = 0;
+        EXPECT_ERROR(model.segment(view, support, bad_head), DSPNET_ERROR_INVALID_ARGUMENT);
         dspnet::Model moved_from = std::move(model);
         EXPECT_ERROR(model.segment(view, support, opts), DSPNET_ERROR_NULL_ARGUMENT); // empty Model
         model = std::move(moved_from);

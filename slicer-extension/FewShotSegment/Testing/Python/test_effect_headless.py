@@ -379,3 +379,41 @@ def test_effect_reports_errors_in_the_ui(effectEnv, tmp_path):
     s.setParameter("Extent", "auto")
     e.onPreview()
     assert "paint the structure" in effectEnv.messages["errors"][-1]
+
+
+def test_in_slicer_self_test_never_passes_silently_without_prerequisites(monkeypatch):
+    """FewShotSegmentTest.runTest with the demo data or the dspnet tool missing: a visible skip
+    (unittest.SkipTest, which a direct call surfaces as an error), never a silent return."""
+    import unittest
+    import slicer
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    class FakeTest(unittest.TestCase):
+        shown = []
+
+        def delayDisplay(self, message, msec=0):
+            self.shown.append(message)
+
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleLogic = slm.ScriptedLoadableModuleWidget = Base
+    slm.ScriptedLoadableModuleTest = FakeTest
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
+    monkeypatch.setattr(slicer, "ScriptedLoadableModule", slm, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", testing.newScene(), raising=False)
+    monkeypatch.syspath_prepend(MODULE_DIR)
+    sys.modules.pop("FewShotSegment", None)
+    module = importlib.import_module("FewShotSegment")
+    monkeypatch.setattr(testing, "missingPrerequisites", lambda: "the dspnet tool (set DSPNET_CLI)")
+    test = module.FewShotSegmentTest("runTest")
+    with pytest.raises(unittest.SkipTest, match="the dspnet tool"):
+        test.runTest()
+    assert any("skipped" in m and "the dspnet tool" in m for m in FakeTest.shown), FakeTest.shown
+    # Run by a unittest runner, it is reported as a skip, not a pass.
+    result = unittest.TestResult()
+    module.FewShotSegmentTest("runTest").run(result)
+    assert len(result.skipped) == 1 and result.wasSuccessful() and result.testsRun == 1
+    sys.modules.pop("FewShotSegment", None)

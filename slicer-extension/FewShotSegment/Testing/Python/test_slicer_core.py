@@ -502,6 +502,25 @@ def test_logic_reports_unpainted_and_unknown_segments(ct, weights):
         logic.segment(volume, ct["segmentation"], extent="3-4", weights=weights)
 
 
+def test_prepare_job_resamples_each_segment_once(ct, monkeypatch):
+    """Finding the painted segments yields their masks: each segment is resampled onto the volume once."""
+    scene = testing.newScene()
+    volume = testing.loadVolume(scene, ct["files"]["image"])
+    seg = testing.loadSegmentation(scene, ct["files"]["support"])
+    empty = seg.GetSegmentation().AddEmptySegment("", "Unpainted")
+    calls = []
+    original = fslogic.segmentArrayOnVolumeGrid
+
+    def counting(node, segmentId, geometry):
+        calls.append(segmentId)
+        return original(node, segmentId, geometry)
+    monkeypatch.setattr(fslogic, "segmentArrayOnVolumeGrid", counting)
+    job = fslogic.FewShotSegmentLogic().prepareJob(volume, seg)
+    assert empty not in job.segmentIds and len(job.segmentIds) >= 1
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == seg.GetSegmentation().GetNumberOfSegments(), calls
+    assert int(job.support.max()) == len(job.segmentIds)
+
+
 # --------------------------------------------------------------------------------------------------
 # Extension build: the CMake bundling puts libdspnet and the default model where the binding looks
 # --------------------------------------------------------------------------------------------------

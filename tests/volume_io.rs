@@ -962,3 +962,31 @@ fn writes_are_atomic_and_validated() {
     assert!(write_labels(&dir.join("x.png"), &labels, None).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Fuzzing found DICOM files of a few KB whose elements claim gigabytes: dicom-rs allocated and filled the
+/// claimed length (2.6 GB resident) before finding the file too short. Each is refused before parsing,
+/// naming the element, and a real series still reads.
+#[test]
+fn dicom_elements_claiming_more_than_the_file_are_refused_before_allocating() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("dspnet-dicom-claims-{}", std::process::id()));
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("fuzz/regressions/dicom")).unwrap() {
+        let path = entry.unwrap().path();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&path, dir.join("1.dcm")).unwrap();
+        let err = dspnet::io::read_image(&dir).unwrap_err().to_string();
+        assert!(err.contains("claims") && err.contains("more than the file holds"), "{}: {err}", path.display());
+        n += 1;
+    }
+    assert!(n >= 2);
+    // A valid file whose last element is cut short gives the same answer; the whole file reads.
+    let good = std::fs::read(root.join("tests/data/mri-brain-dicom/brain_002.dcm")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("1.dcm"), &good[..good.len() - 100]).unwrap();
+    let err = dspnet::io::read_image(&dir).unwrap_err().to_string();
+    assert!(err.contains("(7fe0,0010) claims"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,9 +95,130 @@ fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.get(tag)?.to_int::<i64>().ok()
 }
 
+/// Value lengths at or above this mark "undefined length" (0xFFFFFFFF): the value is a sequence of items
+/// (or encapsulated fragments) closed by a delimiter, and is walked element by element.
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+/// Explicit-VR value representations whose length field is 2 bytes. Every other VR, an unknown one
+/// included, has 2 reserved bytes and a 4-byte length: dicom-rs reads an unknown VR as UN, and this check
+/// must walk the file exactly as dicom-rs will.
+const SHORT_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+    b"ST", b"TM", b"UI", b"UL", b"US",
+];
+
+/// Walks every data element header of a Part-10 file and checks that each value is really there, before
+/// dicom-rs reads the file: dicom-rs allocates (and fills) a value's declared length up front, so a few
+/// bytes claiming a 4 GB element would otherwise take 4 GB (found by fuzzing). Values are skipped by
+/// streaming, never buffered; a deflated data set is checked on its inflated stream.
+fn check_element_lengths(path: &Path) -> Result<()> {
+    use std::io::{BufReader, Read};
+    let file = std::fs::File::open(path).map_err(|e| DspnetError::io(path, e))?;
+    let mut r = BufReader::new(file);
+    let bad = |what: String| format_err(path, what);
+    let mut preamble = [0u8; 132];
+    r.read_exact(&mut preamble).map_err(|_| bad("shorter than a DICOM preamble".into()))?;
+    // File meta group: explicit VR little endian, group 0002; the transfer syntax says how the rest is coded.
+    let mut ts = String::new();
+    let mut tag = [0u8; 4];
+    loop {
+        if read_or_eof(&mut r, &mut tag).map_err(|e| DspnetError::io(path, e))? {
+            return Ok(()); // meta group only
+        }
+        if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
+            break;
+        }
+        let len = element_length(&mut r, true, false).map_err(|_| bad("file meta element truncated".into()))?;
+        if u16::from_le_bytes([tag[2], tag[3]]) == 0x0010 && len <= 64 {
+            let mut v = vec![0u8; len as usize];
+            r.read_exact(&mut v).map_err(|_| bad("TransferSyntaxUID truncated".into()))?;
+            ts = String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string();
+        } else if len != UNDEFINED_LENGTH {
+            skip(&mut r, len).map_err(|_| bad(format!("file meta element ({:02x}{:02x},{:02x}{:02x}) claims {len} bytes past the end of the file", tag[1], tag[0], tag[3], tag[2])))?;
+        }
+    }
+    let explicit = ts != "1.2.840.10008.1.2";
+    let big_endian = ts == "1.2.840.10008.1.2.2";
+    let mut body: Box<dyn Read> = if ts == "1.2.840.10008.1.2.1.99" {
+        // The first tag bytes read above belong to the deflated stream.
+        Box::new(flate2::read::DeflateDecoder::new(std::io::Cursor::new(tag.to_vec()).chain(r)))
+    } else {
+        Box::new(std::io::Cursor::new(tag.to_vec()).chain(r))
+    };
+    let mut in_fragments = false;
+    loop {
+        if read_or_eof(&mut body, &mut tag).map_err(|e| bad(format!("data set unreadable: {e}")))? {
+            return Ok(());
+        }
+        let group = if big_endian { u16::from_be_bytes([tag[0], tag[1]]) } else { u16::from_le_bytes([tag[0], tag[1]]) };
+        let element = if big_endian { u16::from_be_bytes([tag[2], tag[3]]) } else { u16::from_le_bytes([tag[2], tag[3]]) };
+        // Items and delimiters have no VR, in every transfer syntax.
+        let len = element_length(&mut body, explicit && group != 0xFFFE, big_endian)
+            .map_err(|_| bad(format!("element ({group:04x},{element:04x}) truncated")))?;
+        // An undefined length opens a sequence, an item or encapsulated pixel data: walk into it. An item
+        // of defined length is walked too (its content is elements); everything else is skipped whole.
+        if len != UNDEFINED_LENGTH && !(group == 0xFFFE && element == 0xE000) {
+            skip(&mut body, len).map_err(|_| {
+                bad(format!("element ({group:04x},{element:04x}) claims {len} bytes, more than the file holds"))
+            })?;
+        }
+        // Nothing after the pixel data is read (files may end in padding that is not elements).
+        let pixel_data = (group, element) == (0x7FE0, 0x0010);
+        if (pixel_data && len != UNDEFINED_LENGTH) || (in_fragments && (group, element) == (0xFFFE, 0xE0DD)) {
+            return Ok(());
+        }
+        in_fragments |= pixel_data;
+    }
+}
+
+/// Fills `buf`; `Ok(true)` at a clean end of stream (no byte read).
+fn read_or_eof(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(true),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The value length after a tag: explicit VR (2-byte VR, then a 2- or 4-byte length) or implicit (4 bytes).
+fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -> std::io::Result<u32> {
+    let u32_of = |b: [u8; 4]| if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+    if !explicit {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        return Ok(u32_of(b));
+    }
+    let mut vr = [0u8; 2];
+    r.read_exact(&mut vr)?;
+    if SHORT_VRS.contains(&&vr) {
+        let mut b = [0u8; 2];
+        r.read_exact(&mut b)?;
+        Ok(u32::from(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }))
+    } else {
+        let mut b = [0u8; 6];
+        r.read_exact(&mut b)?;
+        Ok(u32_of([b[2], b[3], b[4], b[5]]))
+    }
+}
+
+/// Reads past `len` bytes without keeping them; an error if the stream ends first.
+fn skip(r: &mut dyn std::io::Read, len: u32) -> std::io::Result<()> {
+    let copied = std::io::copy(&mut std::io::Read::take(&mut *r, u64::from(len)), &mut std::io::sink())?;
+    if copied < u64::from(len) {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
 /// Attributes of one file, reading up to (not including) the pixel data. `None` for DICOM objects
 /// that are not image slices with geometry.
 fn read_slice(path: &Path) -> Result<Option<Slice>> {
+    check_element_lengths(path)?;
     let mut collector = DicomCollector::open_file(path).map_err(|e| dicom_err(path, &e))?;
     let ts = collector.read_file_meta().map_err(|e| dicom_err(path, &e))?.transfer_syntax().to_string();
     let mut obj = InMemDicomObject::new_empty();

@@ -963,8 +963,9 @@ fn writes_are_atomic_and_validated() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Fuzzing found DICOM files of a few KB whose elements claim gigabytes: dicom-rs allocated and filled the
-/// claimed length (2.6 GB resident) before finding the file too short. Each is refused before parsing,
+/// Fuzzing found DICOM files of a few KB that made dicom-rs allocate and fill gigabytes (2.6 GB resident):
+/// values claiming more bytes than the file holds, and binary values of a length dicom-rs reads only in
+/// part (so that it parses the rest as a header with a huge length). Each is refused before parsing,
 /// naming the element, and a real series still reads.
 #[test]
 fn dicom_elements_claiming_more_than_the_file_are_refused_before_allocating() {
@@ -977,10 +978,11 @@ fn dicom_elements_claiming_more_than_the_file_are_refused_before_allocating() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(&path, dir.join("1.dcm")).unwrap();
         let err = dspnet::io::read_image(&dir).unwrap_err().to_string();
-        assert!(err.contains("claims") && err.contains("more than the file holds"), "{}: {err}", path.display());
+        let refused = err.contains("more than the file holds") || err.contains("not a multiple of");
+        assert!(err.contains("element (") && refused, "{}: {err}", path.display());
         n += 1;
     }
-    assert!(n >= 2);
+    assert!(n >= 4);
     // A valid file whose last element is cut short gives the same answer; the whole file reads.
     let good = std::fs::read(root.join("tests/data/mri-brain-dicom/brain_002.dcm")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -65,7 +65,7 @@ pub struct EvalArgs {
     compare: bool,
     /// one-slice: re-score with one head parameter at each of these values, the others as given (repeatable:
     /// each KEY is swept on its own), e.g. --sweep avg_sp_area=25,50,100,200 --sweep w1_w2_w3=0.3:0.8:0.3,0:1:0.
-    /// Keys as --head. Slices are encoded once and reused, so a sweep costs little more than one run.
+    /// Keys as --head. Slices are encoded once and reused: each further value costs the prototype head only.
     #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep, conflicts_with_all = ["method", "preview", "compare"])]
     sweep: Vec<(String, Vec<String>)>,
 }

@@ -127,7 +127,7 @@ fn check_element_lengths(path: &Path) -> Result<()> {
         if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
             break;
         }
-        let len = element_length(&mut r, true, false).map_err(|_| bad("file meta element truncated".into()))?;
+        let len = element_length(&mut r, true, false).map_err(|e| bad(format!("file meta element: {e}")))?;
         if u16::from_le_bytes([tag[2], tag[3]]) == 0x0010 && len <= 64 {
             let mut v = vec![0u8; len as usize];
             r.read_exact(&mut v).map_err(|_| bad("TransferSyntaxUID truncated".into()))?;
@@ -152,8 +152,10 @@ fn check_element_lengths(path: &Path) -> Result<()> {
         let group = if big_endian { u16::from_be_bytes([tag[0], tag[1]]) } else { u16::from_le_bytes([tag[0], tag[1]]) };
         let element = if big_endian { u16::from_be_bytes([tag[2], tag[3]]) } else { u16::from_le_bytes([tag[2], tag[3]]) };
         // Items and delimiters have no VR, in every transfer syntax.
-        let len = element_length(&mut body, explicit && group != 0xFFFE, big_endian)
-            .map_err(|_| bad(format!("element ({group:04x},{element:04x}) truncated")))?;
+        let len = element_length(&mut body, explicit && group != 0xFFFE, big_endian).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => bad(format!("element ({group:04x},{element:04x}): {e}")),
+            _ => bad(format!("element ({group:04x},{element:04x}) truncated")),
+        })?;
         // An undefined length opens a sequence, an item or encapsulated pixel data: walk into it. An item
         // of defined length is walked too (its content is elements); everything else is skipped whole.
         if len != UNDEFINED_LENGTH && !(group == 0xFFFE && element == 0xE000) {
@@ -186,6 +188,8 @@ fn read_or_eof(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<boo
 }
 
 /// The value length after a tag: explicit VR (2-byte VR, then a 2- or 4-byte length) or implicit (4 bytes).
+/// A binary VR whose length is not a whole number of its values is an error here: dicom-rs reads the
+/// whole values only and would then parse the rest of the value as the next element header.
 fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -> std::io::Result<u32> {
     let u32_of = |b: [u8; 4]| if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
     if !explicit {
@@ -195,15 +199,28 @@ fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -
     }
     let mut vr = [0u8; 2];
     r.read_exact(&mut vr)?;
-    if SHORT_VRS.contains(&&vr) {
+    let len = if SHORT_VRS.contains(&&vr) {
         let mut b = [0u8; 2];
         r.read_exact(&mut b)?;
-        Ok(u32::from(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }))
+        u32::from(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
     } else {
         let mut b = [0u8; 6];
         r.read_exact(&mut b)?;
-        Ok(u32_of([b[2], b[3], b[4], b[5]]))
+        u32_of([b[2], b[3], b[4], b[5]])
+    };
+    let unit = match &vr {
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+        b"FL" | b"OF" | b"OL" | b"SL" | b"UL" | b"AT" => 4,
+        b"SS" | b"US" | b"OW" => 2,
+        _ => 1,
+    };
+    if len != UNDEFINED_LENGTH && len % unit != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("VR {} has length {len}, not a multiple of {unit}", String::from_utf8_lossy(&vr)),
+        ));
     }
+    Ok(len)
 }
 
 /// Reads past `len` bytes without keeping them; an error if the stream ends first.

@@ -117,33 +117,47 @@ fn check_element_lengths(path: &Path) -> Result<()> {
     let bad = |what: String| format_err(path, what);
     let mut preamble = [0u8; 132];
     r.read_exact(&mut preamble).map_err(|_| bad("shorter than a DICOM preamble".into()))?;
-    // File meta group: explicit VR little endian, group 0002; the transfer syntax says how the rest is coded.
-    let mut ts = String::new();
+    // File meta group, explicit VR little endian, walked as dicom-rs reads it: its first element is the
+    // group length, then elements (of any group) until that many bytes are read. The transfer syntax
+    // says how the rest is coded.
+    let file_len = std::fs::metadata(path).map_err(|e| DspnetError::io(path, e))?.len();
     let mut tag = [0u8; 4];
-    loop {
-        if read_or_eof(&mut r, &mut tag).map_err(|e| DspnetError::io(path, e))? {
-            return Ok(()); // meta group only
+    if read_or_eof(&mut r, &mut tag).map_err(|e| DspnetError::io(path, e))? {
+        return Ok(());
+    }
+    let (len, _) = element_length(&mut r, true, false).map_err(|e| bad(format!("file meta group: {e}")))?;
+    if tag != [2, 0, 0, 0] || len != 4 {
+        return Ok(()); // not a group length: dicom-rs refuses the file itself, with its own message
+    }
+    let mut value = [0u8; 4];
+    r.read_exact(&mut value).map_err(|_| bad("file meta group length truncated".into()))?;
+    let group_length = u64::from(u32::from_le_bytes(value));
+    if 144 + group_length > file_len {
+        return Err(bad(format!("file meta group length {group_length} is more than the file holds ({file_len} bytes)")));
+    }
+    let mut ts = String::new();
+    let mut consumed = 0u64;
+    while consumed < group_length {
+        r.read_exact(&mut tag).map_err(|_| bad("file meta group truncated".into()))?;
+        let (len, header) = element_length(&mut r, true, false).map_err(|e| bad(format!("file meta element: {e}")))?;
+        if len == UNDEFINED_LENGTH {
+            return Ok(()); // dicom-rs refuses an undefined length here
         }
-        if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
-            break;
-        }
-        let len = element_length(&mut r, true, false).map_err(|e| bad(format!("file meta element: {e}")))?;
-        if u16::from_le_bytes([tag[2], tag[3]]) == 0x0010 && len <= 64 {
+        if tag == [2, 0, 0x10, 0] && len <= 64 {
             let mut v = vec![0u8; len as usize];
             r.read_exact(&mut v).map_err(|_| bad("TransferSyntaxUID truncated".into()))?;
             ts = String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string();
-        } else if len != UNDEFINED_LENGTH {
-            skip(&mut r, len).map_err(|_| bad(format!("file meta element ({:02x}{:02x},{:02x}{:02x}) claims {len} bytes past the end of the file", tag[1], tag[0], tag[3], tag[2])))?;
+        } else {
+            skip(&mut r, len).map_err(|_| {
+                bad(format!("file meta element ({:02x}{:02x},{:02x}{:02x}) claims {len} bytes, more than the file holds", tag[1], tag[0], tag[3], tag[2]))
+            })?;
         }
+        consumed += 4 + header as u64 + u64::from(len);
     }
     let explicit = ts != "1.2.840.10008.1.2";
     let big_endian = ts == "1.2.840.10008.1.2.2";
-    let mut body: Box<dyn Read> = if ts == "1.2.840.10008.1.2.1.99" {
-        // The first tag bytes read above belong to the deflated stream.
-        Box::new(flate2::read::DeflateDecoder::new(std::io::Cursor::new(tag.to_vec()).chain(r)))
-    } else {
-        Box::new(std::io::Cursor::new(tag.to_vec()).chain(r))
-    };
+    let mut body: Box<dyn Read> =
+        if ts == "1.2.840.10008.1.2.1.99" { Box::new(flate2::read::DeflateDecoder::new(r)) } else { Box::new(r) };
     let mut in_fragments = false;
     loop {
         if read_or_eof(&mut body, &mut tag).map_err(|e| bad(format!("data set unreadable: {e}")))? {
@@ -152,7 +166,7 @@ fn check_element_lengths(path: &Path) -> Result<()> {
         let group = if big_endian { u16::from_be_bytes([tag[0], tag[1]]) } else { u16::from_le_bytes([tag[0], tag[1]]) };
         let element = if big_endian { u16::from_be_bytes([tag[2], tag[3]]) } else { u16::from_le_bytes([tag[2], tag[3]]) };
         // Items and delimiters have no VR, in every transfer syntax.
-        let len = element_length(&mut body, explicit && group != 0xFFFE, big_endian).map_err(|e| match e.kind() {
+        let (len, _) = element_length(&mut body, explicit && group != 0xFFFE, big_endian).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => bad(format!("element ({group:04x},{element:04x}): {e}")),
             _ => bad(format!("element ({group:04x},{element:04x}) truncated")),
         })?;
@@ -187,26 +201,26 @@ fn read_or_eof(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<boo
     Ok(false)
 }
 
-/// The value length after a tag: explicit VR (2-byte VR, then a 2- or 4-byte length) or implicit (4 bytes).
+/// The value length after a tag and the header bytes read for it: explicit VR (2-byte VR, then a 2- or 4-byte length) or implicit (4 bytes).
 /// A binary VR whose length is not a whole number of its values is an error here: dicom-rs reads the
 /// whole values only and would then parse the rest of the value as the next element header.
-fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -> std::io::Result<u32> {
+fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -> std::io::Result<(u32, usize)> {
     let u32_of = |b: [u8; 4]| if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
     if !explicit {
         let mut b = [0u8; 4];
         r.read_exact(&mut b)?;
-        return Ok(u32_of(b));
+        return Ok((u32_of(b), 4));
     }
     let mut vr = [0u8; 2];
     r.read_exact(&mut vr)?;
-    let len = if SHORT_VRS.contains(&&vr) {
+    let (len, header) = if SHORT_VRS.contains(&&vr) {
         let mut b = [0u8; 2];
         r.read_exact(&mut b)?;
-        u32::from(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        (u32::from(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) }), 4)
     } else {
         let mut b = [0u8; 6];
         r.read_exact(&mut b)?;
-        u32_of([b[2], b[3], b[4], b[5]])
+        (u32_of([b[2], b[3], b[4], b[5]]), 8)
     };
     let unit = match &vr {
         b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
@@ -220,7 +234,7 @@ fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -
             format!("VR {} has length {len}, not a multiple of {unit}", String::from_utf8_lossy(&vr)),
         ));
     }
-    Ok(len)
+    Ok((len, header))
 }
 
 /// Reads past `len` bytes without keeping them; an error if the stream ends first.

@@ -232,13 +232,29 @@ fn summarise(name: &str, scores: &[ClassScore]) -> MethodSummary {
     }
 }
 
-/// `--compare`: memory, independent and copy on the same painted slices.
-fn compare(a: EvalArgs) -> Result<()> {
+/// The study of `--compare` and `--sweep` (one-slice protocol only) and the model.
+fn one_slice_study(a: &EvalArgs, flag: &str) -> Result<(dspnet::io::Volume<f32>, dspnet::io::Volume<u16>, dspnet::model::Model)> {
     if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
-        return Err(DspnetError::InvalidArgument("--compare applies to --protocol one-slice only".into()));
+        return Err(DspnetError::InvalidArgument(format!("{flag} applies to --protocol one-slice only")));
     }
     let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
-    let model = a.model.load_model()?;
+    Ok((img, gt, a.model.load_model()?))
+}
+
+/// One method's (or one sweep row's) classes and summary, as `--json` prints them.
+fn summary_json(m: &MethodSummary, scores: &[ClassScore]) -> serde_json::Value {
+    serde_json::json!({
+        "classes": scores.iter().map(score_json).collect::<Vec<_>>(),
+        "mean_dice": m.mean, "median_dice": m.median,
+        "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
+        "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
+        "confidence_spearman": m.confidence_rank, "confidence_spearman_mean_per_class": m.confidence_rank_mean,
+    })
+}
+
+/// `--compare`: memory, independent and copy on the same painted slices.
+fn compare(a: EvalArgs) -> Result<()> {
+    let (img, gt, model) = one_slice_study(&a, "--compare")?;
     let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let base = a.model.options();
     let mut cache = FeatureCache::default();
@@ -254,16 +270,7 @@ fn compare(a: EvalArgs) -> Result<()> {
         let methods: serde_json::Map<String, serde_json::Value> = runs
             .iter()
             .zip(&summaries)
-            .map(|((name, scores), m)| {
-                let v = serde_json::json!({
-                    "classes": scores.iter().map(score_json).collect::<Vec<_>>(),
-                    "mean_dice": m.mean, "median_dice": m.median,
-                    "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
-                    "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
-                    "confidence_spearman": m.confidence_rank, "confidence_spearman_mean_per_class": m.confidence_rank_mean,
-                });
-                (name.to_string(), v)
-            })
+            .map(|((name, scores), m)| (name.to_string(), summary_json(m, scores)))
             .collect();
         println!("{}", serde_json::json!({ "protocol": "one-slice", "compare": methods }));
         return Ok(());
@@ -321,11 +328,7 @@ fn compare(a: EvalArgs) -> Result<()> {
 /// `--sweep`: the model at the given options, then one head parameter at a time over its values, with the
 /// copy baseline on the same painted slices beside them.
 fn sweep(a: EvalArgs) -> Result<()> {
-    if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
-        return Err(DspnetError::InvalidArgument("--sweep applies to --protocol one-slice only".into()));
-    }
-    let (img, gt) = dspnet::volume::read_study(&a.image, &a.labels)?;
-    let model = a.model.load_model()?;
+    let (img, gt, model) = one_slice_study(&a, "--sweep")?;
     let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let base = a.model.options();
     let mut cache = FeatureCache::default();
@@ -348,14 +351,6 @@ fn sweep(a: EvalArgs) -> Result<()> {
         Propagation::Independent => "independent",
     };
     let copy_summary = summarise("copy", &copy);
-    let summary_json = |m: &MethodSummary, scores: &[ClassScore]| {
-        serde_json::json!({
-            "classes": scores.iter().map(score_json).collect::<Vec<_>>(),
-            "mean_dice": m.mean, "median_dice": m.median,
-            "mean_dice_in_extent": m.mean_in_extent, "median_dice_in_extent": m.median_in_extent,
-            "ends_within_3": m.ends_within, "slices_processed": m.slices, "seconds": m.seconds,
-        })
-    };
     if a.json {
         let results: Vec<serde_json::Value> = rows
             .iter()

@@ -159,7 +159,7 @@ pub fn segment_cached(
     opts.memory.validate()?;
     let present: BTreeSet<u16> = support.iter().copied().filter(|&l| l != 0).collect();
     if present.is_empty() {
-        return Err(DspnetError::empty_support(None, None, "the support label volume has no non-zero voxel; paint the structure on at least one slice"));
+        return Err(DspnetError::empty_support(None, None, "no labelled voxel in the support label volume (every voxel is 0); paint the structure on at least one slice"));
     }
     let classes: Vec<u16> = match &opts.classes {
         None => present.iter().copied().collect(),

@@ -196,6 +196,7 @@ def test_progress_cancel_and_untouched_output(weights):
 def test_worker_thread_releases_the_gil(ct, weights):
     """SegmentationTask runs libdspnet on a worker; the calling thread keeps running meanwhile."""
     logic = fslogic.FewShotSegmentLogic()
+    fslogic.FewShotSegmentLogic.clearSessions()  # encode again: slices cached by earlier tests make it too quick
     job = logic.prepareJob(ct["volume"], ct["segmentation"], [ct["liverId"]], sliceAxis=2, extent=(0, 5))
     task = fslogic.SegmentationTask(logic, job, weights=weights, device="cpu").start()
     gaps, last = [], time.perf_counter()
@@ -207,7 +208,7 @@ def test_worker_thread_releases_the_gil(ct, weights):
         if task.progress[0] >= 1:
             task.cancel()
     assert task.cancelled and task.error is None and job.labels is None
-    assert len(gaps) > 50, "the worker should have run for a while"
+    assert len(gaps) > 20, f"the worker should have run for a while ({len(gaps)} ticks of 10 ms)"
     assert max(gaps) < 0.5, f"the main thread stalled for {max(gaps):.2f} s: the GIL was not released"
 
 

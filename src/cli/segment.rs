@@ -188,7 +188,7 @@ impl ModelArgs {
         }
     }
 
-    pub fn head_options(&self) -> HeadOptions {
+    fn head_options(&self) -> HeadOptions {
         let mut head = HeadOptions::default();
         // Each item was checked by `parse_head_item`.
         head.set_all(self.head.iter().map(String::as_str)).expect("--head items are checked when parsed");

@@ -95,8 +95,8 @@ fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     obj.get(tag)?.to_int::<i64>().ok()
 }
 
-/// Value lengths at or above this mark "undefined length" (0xFFFFFFFF): the value is a sequence of items
-/// (or encapsulated fragments) closed by a delimiter, and is walked element by element.
+/// The "undefined length" (0xFFFFFFFF): the value is a sequence of items (or encapsulated fragments) closed
+/// by a delimiter, and is walked element by element.
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
 /// Explicit-VR value representations whose length field is 2 bytes. Every other VR, an unknown one
 /// included, has 2 reserved bytes and a 4-byte length: dicom-rs reads an unknown VR as UN, and this check
@@ -156,8 +156,11 @@ fn check_element_lengths(path: &Path) -> Result<()> {
     }
     let explicit = ts != "1.2.840.10008.1.2";
     let big_endian = ts == "1.2.840.10008.1.2.2";
-    let mut body: Box<dyn Read> =
-        if ts == "1.2.840.10008.1.2.1.99" { Box::new(flate2::read::DeflateDecoder::new(r)) } else { Box::new(r) };
+    let mut body = if ts == "1.2.840.10008.1.2.1.99" {
+        DataSet::Deflated(Box::new(flate2::read::DeflateDecoder::new(r)))
+    } else {
+        DataSet::Plain(r)
+    };
     let mut in_fragments = false;
     loop {
         if read_or_eof(&mut body, &mut tag).map_err(|e| bad(format!("data set unreadable: {e}")))? {
@@ -173,7 +176,7 @@ fn check_element_lengths(path: &Path) -> Result<()> {
         // An undefined length opens a sequence, an item or encapsulated pixel data: walk into it. An item
         // of defined length is walked too (its content is elements); everything else is skipped whole.
         if len != UNDEFINED_LENGTH && !(group == 0xFFFE && element == 0xE000) {
-            skip(&mut body, len).map_err(|_| {
+            body.skip(len, file_len).map_err(|_| {
                 bad(format!("element ({group:04x},{element:04x}) claims {len} bytes, more than the file holds"))
             })?;
         }
@@ -183,6 +186,42 @@ fn check_element_lengths(path: &Path) -> Result<()> {
             return Ok(());
         }
         in_fragments |= pixel_data;
+    }
+}
+
+/// Values at least this long are seeked over in a plain file rather than read: the pixel data would
+/// otherwise be read twice, once here and once by dicom-rs.
+const SEEK_OVER_BYTES: u32 = 64 << 10;
+
+/// The data set after the file meta group: the rest of the file, or its inflated stream.
+enum DataSet {
+    Plain(std::io::BufReader<std::fs::File>),
+    Deflated(Box<flate2::read::DeflateDecoder<std::io::BufReader<std::fs::File>>>),
+}
+
+impl std::io::Read for DataSet {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            DataSet::Plain(r) => r.read(buf),
+            DataSet::Deflated(r) => r.read(buf),
+        }
+    }
+}
+
+impl DataSet {
+    /// Past a value of `len` bytes; an error if the data set ends first (`file_len`: the file's size).
+    fn skip(&mut self, len: u32, file_len: u64) -> std::io::Result<()> {
+        match self {
+            DataSet::Plain(r) if len >= SEEK_OVER_BYTES => {
+                use std::io::Seek;
+                let end = r.seek(std::io::SeekFrom::Current(i64::from(len)))?;
+                if end > file_len {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(())
+            }
+            _ => skip(self, len),
+        }
     }
 }
 

@@ -162,7 +162,8 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
         let (pred, summary) = segment_cached(model, q, &sup, &o, &mut |_, _| true, cache)?;
         let mask = |z: usize| -> Vec<bool> { slice_indices(dims, 2, z).map(|v| pred[v] == c).collect() };
         let truth = |z: usize| -> Vec<bool> { slice_indices(dims, 2, z).map(|v| gt[v] == c).collect() };
-        let painted_area = truth(z0).iter().filter(|&&t| t).count();
+        let painted_mask = truth(z0);
+        let painted_area = painted_mask.iter().filter(|&&t| t).count();
         // In-plane position (mm) and intensity of a slice's mask, for drift-aware stop rules.
         let stats = |z: usize, m: &[bool]| -> serde_json::Value {
             let (mut n, mut sx, mut sy, mut si, mut sii) = (0f64, 0f64, 0f64, 0f64, 0f64);
@@ -183,7 +184,6 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
             let mean = si / n;
             serde_json::json!([sx / n, sy / n, mean, (sii / n - mean * mean).max(0.0).sqrt()])
         };
-        let painted_mask = truth(z0);
         let painted_stats = stats(z0, &painted_mask);
         for &(z, presence) in &summary.presence[&c] {
             let prev = if z < z0 { z + 1 } else { z - 1 };
@@ -195,7 +195,7 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
                 serde_json::json!({"image": q.dims, "setting": setting, "label": c, "painted": z0, "painted_area": painted_area, "extent": [lo, hi], "z": z, "presence": presence,
                     "area": count(&|i| m[i]), "prev_area": count(&|i| p[i]), "overlap": count(&|i| m[i] && p[i]),
                     "stats": stats(z, &m), "painted_stats": painted_stats, "painted_overlap": count(&|i| m[i] && painted_mask[i]),
-                    "painted_tp": count(&|i| painted_mask[i] && t[i]), "overlap_tp": count(&|i| m[i] && painted_mask[i] && t[i]), "spacing": q.spacing,
+                    "painted_tp": count(&|i| painted_mask[i] && t[i]), "spacing": q.spacing,
                     "tp": count(&|i| m[i] && t[i]), "fp": count(&|i| m[i] && !t[i]), "fn": count(&|i| !m[i] && t[i]), "truth": count(&|i| t[i])})
             )
             .unwrap();

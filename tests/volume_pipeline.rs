@@ -278,6 +278,7 @@ fn memory_without_memory_or_prior_scores_like_independent() {
         presence_threshold: f32::NEG_INFINITY,
         presence_drop: 0.0,
         min_area_fraction: 0.0,
+        copy_radius: 0.0,
         ..MemoryOptions::default()
     };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 5)] {
@@ -293,6 +294,31 @@ fn memory_without_memory_or_prior_scores_like_independent() {
     let (m, _) = segment_cached(model(), view(&img), &sup.data, &base, &mut |_, _| true, &mut cache).unwrap();
     let (i, _) = segment_cached(model(), view(&img), &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base }, &mut |_, _| true, &mut cache).unwrap();
     assert_ne!(m, i);
+}
+
+#[test]
+fn slices_in_the_copy_zone_get_the_painted_mask() {
+    let (img, _, sup) = ct();
+    let plane = 80 * 72;
+    let painted = &sup.data[3 * plane..4 * plane];
+    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, ..MemoryOptions::default() };
+    let opts = |copy_radius: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { copy_radius, ..accept_all.clone() }, ..Default::default() };
+    // A zone wider than the volume: every slice is the painted one.
+    let (out, _) = run(&img, &sup.data, &opts(1e6)).unwrap();
+    for k in 0..7 {
+        assert_eq!(&out[k * plane..(k + 1) * plane], painted, "slice {k}");
+    }
+    // No zone: the model's own predictions, which differ from the painted mask somewhere.
+    let (out, _) = run(&img, &sup.data, &opts(0.0)).unwrap();
+    assert!((0..7).filter(|&k| k != 3).any(|k| &out[k * plane..(k + 1) * plane] != painted));
+    // A zone of one slice's thickness: slices 2 and 4 are copies, the rest are not all copies.
+    let spacing = img.geometry.spacing[2];
+    let area = painted.iter().filter(|&&l| l != 0).count() as f64 * img.geometry.spacing[0] * img.geometry.spacing[1];
+    let one_slice = spacing / (area / std::f64::consts::PI).sqrt();
+    let (out, _) = run(&img, &sup.data, &opts(one_slice * 1.01)).unwrap();
+    for k in [2, 4] {
+        assert_eq!(&out[k * plane..(k + 1) * plane], painted, "slice {k}");
+    }
 }
 
 #[test]
@@ -324,6 +350,8 @@ fn bad_memory_options_are_rejected() {
         MemoryOptions { prior_gain: f32::NAN, ..MemoryOptions::default() },
         MemoryOptions { prior_radius_mm: 0.0, ..MemoryOptions::default() },
         MemoryOptions { presence_threshold: f32::NAN, ..MemoryOptions::default() },
+        MemoryOptions { copy_radius: -1.0, ..MemoryOptions::default() },
+        MemoryOptions { copy_radius: f64::INFINITY, ..MemoryOptions::default() },
     ] {
         let e = run(&img, &sup.data, &SegmentOptions { memory: memory.clone(), ..Default::default() }).unwrap_err();
         assert!(matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"), "{memory:?}: {e}");

@@ -87,7 +87,15 @@ pub struct MemoryOptions {
     pub min_area_fraction: f64,
     /// Auto extent: a chain stops after this many rejected slices in a row (they stay empty).
     pub patience: usize,
+    /// Accepted slices at most this far from the painted slice, in units of the painted mask's equivalent
+    /// radius (the radius of a disc of its area, in mm), get the painted mask itself instead of the model's
+    /// prediction: near the painted slice a structure changes less than the model's 8-pixel feature grid
+    /// resolves. The model still scores these slices (presence, memory, stop). 0 turns it off.
+    pub copy_radius: f64,
 }
+
+/// Default [`MemoryOptions::copy_radius`] (chosen on half of the AAL pairs, weights/README.md).
+const COPY_RADIUS: f64 = 1.0;
 
 impl Default for MemoryOptions {
     fn default() -> Self {
@@ -103,6 +111,7 @@ impl Default for MemoryOptions {
             presence_drop: 0.6,
             min_area_fraction: 0.15,
             patience: 1,
+            copy_radius: COPY_RADIUS,
         }
     }
 }
@@ -119,6 +128,9 @@ impl MemoryOptions {
         }
         if self.presence_threshold.is_nan() || !(self.presence_drop.is_finite() && self.presence_drop >= 0.0) || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0) {
             return bad("the presence threshold must be a number (-inf accepts every slice), the presence drop and the minimum area fraction finite and non-negative");
+        }
+        if !(self.copy_radius.is_finite() && self.copy_radius >= 0.0) {
+            return bad("the copy radius must be finite and non-negative");
         }
         if self.patience == 0 {
             return bad("patience must be at least 1");

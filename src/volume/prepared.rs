@@ -26,6 +26,8 @@ pub struct PreparedVolume<'a> {
     pub cols: usize,
     /// In-plane spacing (row, column) in mm.
     pub pixel_spacing: [f64; 2],
+    /// Spacing along the slice axis in mm.
+    pub slice_spacing: f64,
     pub modality: Modality,
 }
 
@@ -65,6 +67,7 @@ impl<'a> PreparedVolume<'a> {
             rows,
             cols,
             pixel_spacing: [image.spacing[ra], image.spacing[ca]],
+            slice_spacing: image.spacing[axis],
             modality,
         })
     }
@@ -228,6 +231,7 @@ mod tests {
             rows: 100,
             cols: 200,
             pixel_spacing: [2.0, 1.0],
+            slice_spacing: 1.0,
             modality: Modality::Mri,
         };
         // A 10x10 pixel structure (20 mm x 10 mm) at rows 5..=14, cols 190..=199.

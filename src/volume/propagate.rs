@@ -7,7 +7,8 @@
 //! the last accepted mask. A presence score (the mean margin of the new prediction relative to the
 //! painted slice's own) decides whether the slice is accepted: accepted slices are written and join the
 //! memory; rejected slices stay empty, and under `--extent auto` the chain ends after `patience` of them
-//! in a row, so slices past the structure's end are never encoded.
+//! in a row, so slices past the structure's end are never encoded. Accepted slices within
+//! `copy_radius` painted-mask radii of the painted slice get the painted mask itself.
 
 use std::collections::VecDeque;
 
@@ -57,6 +58,8 @@ struct Anchor {
     window: Option<[f64; 4]>,
     mask: Vec<bool>,
     area: usize,
+    /// Radius (mm) of a disc of the painted mask's area: the scale of the copy zone.
+    radius_mm: f64,
     self_margin: f32,
 }
 
@@ -74,7 +77,8 @@ impl Anchor {
         let own = vol.score(&episode, &features, &frame)?;
         let area = mask.iter().filter(|&&m| m).count();
         let self_margin = self_margin(&mask, &own);
-        Ok(Anchor { slice: s, episode, window, mask, area, self_margin })
+        let radius_mm = (area as f64 * vol.pixel_spacing[0] * vol.pixel_spacing[1] / std::f64::consts::PI).sqrt();
+        Ok(Anchor { slice: s, episode, window, mask, area, radius_mm, self_margin })
     }
 }
 
@@ -163,9 +167,12 @@ fn follow_chain(
         let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
         let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped;
         let mut written = Vec::new();
+        // Near the painted slice the painted mask is written (the model's own mask still feeds the memory).
+        let copying = zu.abs_diff(anchor.slice) as f64 * vol.slice_spacing <= mo.copy_radius * anchor.radius_mm;
+        let out_mask = if copying { &anchor.mask } else { &step.mask };
         // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
         if accepted || !stops {
-            for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(&step.mask).zip(&step.fg).enumerate() {
+            for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(out_mask).zip(&step.fg).enumerate() {
                 if on {
                     fg[v] = score;
                     written.push((p as u32, score));

@@ -5,7 +5,7 @@
 //!   CLASSES: comma-separated label values (`a+b`: structures a and b as one multi-part class), or `pairs-even` / `pairs-odd` (AAL left/right pairs by pair
 //!            index (label+1)/2: the tuning and the report halves), or `all`
 //!   SETTING: `copy`, or comma-separated key=value over prop (memory|independent), size, pw, gain,
-//!            gate, radius, thr, drop, area, patience, copy, fov (slice|auto), extent (auto|all)
+//!            gate, radius, thr, drop, area, patience, copy, band, fov (slice|auto), extent (auto|all)
 //! Prints one summary line per setting and writes per-class JSON lines to $CALIBRATE_OUT if set.
 
 use std::io::Write;
@@ -35,7 +35,8 @@ fn parse(setting: &str) -> Option<SegmentOptions> {
             "area" => m.min_area_fraction = v.parse().unwrap(),
             "drop" => m.presence_drop = v.parse().unwrap(),
             "patience" => m.patience = v.parse().unwrap(),
-            "copy" => m.copy_radius = v.parse().unwrap(),
+            "copy" => m.copy_tolerance = v.parse().unwrap(),
+            "band" => m.refine_band = v.parse().unwrap(),
             "fov" => o.fov = if v == "auto" { FovMode::Auto } else { FovMode::Slice },
             "extent" => o.extent = if v == "all" { ExtentMode::All } else { ExtentMode::Auto },
             _ => panic!("unknown key {k}"),
@@ -161,7 +162,8 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
         o.memory.presence_threshold = f32::NEG_INFINITY;
         o.memory.min_area_fraction = 0.0;
         // The model's own masks are recorded; copying near the painted slice is replayed offline.
-        o.memory.copy_radius = 0.0;
+        o.memory.copy_tolerance = 0.0;
+        o.memory.refine_band = 0.0;
         let (pred, summary) = segment_cached(model, q, &sup, &o, &mut |_, _| true, cache)?;
         let mask = |z: usize| -> Vec<bool> { slice_indices(dims, 2, z).map(|v| pred[v] == c).collect() };
         let truth = |z: usize| -> Vec<bool> { slice_indices(dims, 2, z).map(|v| gt[v] == c).collect() };

@@ -93,7 +93,24 @@ def logistic_rule(names, w, b, tau):
     return lambda f, r: b + sum(wj * f[n] for wj, n in zip(w, names)) >= cut
 
 
-def replay(chains, accept, copy_k):
+def copy_zone(rs, c, form):
+    """How far (mm) from the painted slice the painted mask is copied, under one of the zone forms:
+    `radius`: c x the painted mask's equivalent radius R; `sphere`: the height at which a sphere of radius R
+    has moved its boundary by c feature cells, sqrt(2 R c cell); `self`: c R sqrt(1 - a), a the agreement
+    (Dice) of the model's mask with the painted one on the first slice of the chain."""
+    r0 = rs[0]
+    pa = r0["painted_area"]
+    radius = math.sqrt(pa / math.pi) * r0["spacing"][0]
+    if form == "radius":
+        return c * radius
+    if form == "sphere":
+        cell = 8 * max(r0["image"][0] * r0["spacing"][0], r0["image"][1] * r0["spacing"][1]) / 256
+        return math.sqrt(2 * radius * c * cell)
+    agree = 2 * r0["painted_overlap"] / (r0["area"] + pa)
+    return c * radius * math.sqrt(max(0.0, 1 - agree))
+
+
+def replay(chains, accept, copy_k, form="radius"):
     """Per structure: whole-volume Dice (no component filter), in-extent Dice, end errors, slices scored."""
     per = defaultdict(lambda: {"tp": 0, "area": 0, "truth": 0, "tp_in": 0, "area_in": 0, "ends": [], "slices": 0})
     for (path, label, d), rs in chains.items():
@@ -108,6 +125,7 @@ def replay(chains, accept, copy_k):
             s["area_in"] += pa
         last = rs[0]["painted"]
         stopped = False
+        zone = copy_zone(rs, copy_k, form)
         for r, f in zip(rs, chain_features(rs)):
             s["truth"] += r["truth"]
             if stopped:
@@ -117,7 +135,7 @@ def replay(chains, accept, copy_k):
                 stopped = True
                 continue
             last = r["z"]
-            copy = f["distance"] <= copy_k
+            copy = abs(r["z"] - r["painted"]) * r["spacing"][2] <= zone
             tp, area = (r["painted_tp"], pa) if copy else (r["tp"], r["area"])
             s["tp"] += tp
             s["area"] += area
@@ -171,6 +189,8 @@ def main():
     ap.add_argument("--features", default=",".join(FEATURES))
     ap.add_argument("--window", type=int, default=15, help="train on slices at most this many past the true end")
     ap.add_argument("--copy", default="0,0.5,1,1.5")
+    ap.add_argument("--zone", default="radius", help="copy-zone forms to try (radius, sphere, self; see copy_zone)")
+    ap.add_argument("--no-logistic", action="store_true", help="replay the shipped rule only")
     args = ap.parse_args()
     names = args.features.split(",")
     tune = {}
@@ -189,14 +209,16 @@ def main():
     print(f"fitted on {len(rows)} slices ({sum(labels)} inside) of {len(tune)} chains")
     print("  z = %.4f " % b + " ".join(f"{wj:+.4f}*{n}" for wj, n in zip(w, names)))
     reports = [(s, load(s)) for s in args.report]
-    for k in [float(v) for v in args.copy.split(",")]:
-        print(f"copy<={k:<4} default:  tune  " + summary(replay(tune, default_rule, k)))
+    for k, g in [(float(v), a) for a in args.zone.split(",") for v in args.copy.split(",")]:
+        print(f"copy<={k:<4} {g:<6} default:  tune  " + summary(replay(tune, default_rule, k, g)))
         for s, ch in reports:
-            print(f"{'':22s}{s[-30:]:>30s} " + summary(replay(ch, default_rule, k)))
+            print(f"{'':32s}{s[-30:]:>30s} " + summary(replay(ch, default_rule, k, g)))
+        if args.no_logistic:
+            continue
         for tau in (0.3, 0.4, 0.5, 0.6, 0.7):
-            print(f"copy<={k:<4} tau {tau}: tune  " + summary(replay(tune, logistic_rule(names, w, b, tau), k)))
+            print(f"copy<={k:<4} {g:<6} tau {tau}: tune  " + summary(replay(tune, logistic_rule(names, w, b, tau), k, g)))
             for s, ch in reports:
-                print(f"{'':22s}{s[-30:]:>30s} " + summary(replay(ch, logistic_rule(names, w, b, tau), k)))
+                print(f"{'':32s}{s[-30:]:>30s} " + summary(replay(ch, logistic_rule(names, w, b, tau), k, g)))
 
 
 if __name__ == "__main__":

@@ -278,7 +278,8 @@ fn memory_without_memory_or_prior_scores_like_independent() {
         presence_threshold: f32::NEG_INFINITY,
         presence_drop: 0.0,
         min_area_fraction: 0.0,
-        copy_radius: 0.0,
+        copy_tolerance: 0.0,
+        refine_band: 0.0,
         ..MemoryOptions::default()
     };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 5)] {
@@ -301,8 +302,8 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
     let (img, _, sup) = ct();
     let plane = 80 * 72;
     let painted = &sup.data[3 * plane..4 * plane];
-    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, ..MemoryOptions::default() };
-    let opts = |copy_radius: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { copy_radius, ..accept_all.clone() }, ..Default::default() };
+    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, refine_band: 0.0, ..MemoryOptions::default() };
+    let opts = |copy_tolerance: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { copy_tolerance, ..accept_all.clone() }, ..Default::default() };
     // A zone wider than the volume: every slice is the painted one.
     let (out, _) = run(&img, &sup.data, &opts(1e6)).unwrap();
     for k in 0..7 {
@@ -311,14 +312,53 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
     // No zone: the model's own predictions, which differ from the painted mask somewhere.
     let (out, _) = run(&img, &sup.data, &opts(0.0)).unwrap();
     assert!((0..7).filter(|&k| k != 3).any(|k| &out[k * plane..(k + 1) * plane] != painted));
-    // A zone of one slice's thickness: slices 2 and 4 are copies, the rest are not all copies.
-    let spacing = img.geometry.spacing[2];
-    let area = painted.iter().filter(|&&l| l != 0).count() as f64 * img.geometry.spacing[0] * img.geometry.spacing[1];
-    let one_slice = spacing / (area / std::f64::consts::PI).sqrt();
-    let (out, _) = run(&img, &sup.data, &opts(one_slice * 1.01)).unwrap();
+    // A zone of one slice's thickness (zone = sqrt(2 R tolerance cell), a cell = 8 canvas pixels of a
+    // 256-pixel canvas over the slice's longer side): slices 2 and 4 are copies, the rest are not all copies.
+    let [sx, sy, sz] = img.geometry.spacing;
+    let area = painted.iter().filter(|&&l| l != 0).count() as f64 * sx * sy;
+    let radius = (area / std::f64::consts::PI).sqrt();
+    let cell = 8.0 * (80.0 * sx).max(72.0 * sy) / 256.0;
+    let one_slice = (1.01 * sz).powi(2) / (2.0 * radius * cell);
+    let (out, _) = run(&img, &sup.data, &opts(one_slice)).unwrap();
     for k in [2, 4] {
         assert_eq!(&out[k * plane..(k + 1) * plane], painted, "slice {k}");
     }
+}
+
+#[test]
+fn refinement_moves_only_pixels_near_the_model_boundary() {
+    let (img, gt, sup) = ct();
+    let (rows, cols, plane) = (72, 80, 80 * 72);
+    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, copy_tolerance: 0.0, ..MemoryOptions::default() };
+    let opts = |refine_band: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { refine_band, ..accept_all.clone() }, ..Default::default() };
+    let (plain, _) = run(&img, &sup.data, &opts(0.0)).unwrap();
+    // Half a cell: a cell is 8 × 64 mm / 256 = 2 mm, so the band is round(1 mm / 0.8 mm) = 1 pixel.
+    let (refined, _) = run(&img, &sup.data, &opts(0.5)).unwrap();
+    assert_eq!(&refined[3 * plane..4 * plane], &plain[3 * plane..4 * plane], "the painted slice is never refined");
+    let mut changed = 0;
+    for k in (0..7).filter(|&k| k != 3) {
+        let m: Vec<bool> = plain[k * plane..(k + 1) * plane].iter().map(|&l| l != 0).collect();
+        let grown = dspnet::volume::refine::dilate(&m, rows, cols, 1);
+        let not: Vec<bool> = m.iter().map(|v| !v).collect();
+        let near_bg = dspnet::volume::refine::dilate(&not, rows, cols, 1);
+        for p in 0..plane {
+            if (refined[k * plane + p] != 0) != m[p] {
+                assert!(grown[p] && near_bg[p], "slice {k} pixel {p} changed away from the boundary");
+                changed += 1;
+            }
+        }
+    }
+    assert!(changed > 0, "the band changed nothing");
+    // On this CT the intensities know the liver's edge better than the 8-pixel feature grid does.
+    let dice = |out: &[u16]| {
+        let (mut tp, mut n) = (0usize, 0usize);
+        for (o, t) in out.iter().zip(&gt.data) {
+            tp += usize::from(*o != 0 && *t != 0);
+            n += usize::from(*o != 0) + usize::from(*t != 0);
+        }
+        2.0 * tp as f64 / n as f64
+    };
+    assert!(dice(&refined) > dice(&plain), "refined {:.4} plain {:.4}", dice(&refined), dice(&plain));
 }
 
 #[test]
@@ -350,8 +390,9 @@ fn bad_memory_options_are_rejected() {
         MemoryOptions { prior_gain: f32::NAN, ..MemoryOptions::default() },
         MemoryOptions { prior_radius_mm: 0.0, ..MemoryOptions::default() },
         MemoryOptions { presence_threshold: f32::NAN, ..MemoryOptions::default() },
-        MemoryOptions { copy_radius: -1.0, ..MemoryOptions::default() },
-        MemoryOptions { copy_radius: f64::INFINITY, ..MemoryOptions::default() },
+        MemoryOptions { copy_tolerance: -1.0, ..MemoryOptions::default() },
+        MemoryOptions { copy_tolerance: f64::INFINITY, ..MemoryOptions::default() },
+        MemoryOptions { refine_band: f64::NAN, ..MemoryOptions::default() },
     ] {
         let e = run(&img, &sup.data, &SegmentOptions { memory: memory.clone(), ..Default::default() }).unwrap_err();
         assert!(matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"), "{memory:?}: {e}");

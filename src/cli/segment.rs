@@ -118,10 +118,15 @@ pub struct ModelArgs {
     /// Memory, --extent auto: a chain ends after this many rejected slices in a row.
     #[arg(long, default_value_t = MemoryOptions::default().patience, help_heading = "Memory propagation")]
     pub patience: usize,
-    /// Memory: accepted slices within this many painted-mask radii (mm, radius of a disc of the painted
-    /// area) of the painted slice get the painted mask itself; 0 = the model's prediction everywhere.
-    #[arg(long, default_value_t = MemoryOptions::default().copy_radius, help_heading = "Memory propagation")]
-    pub copy_radius: f64,
+    /// Memory: copy zone in feature cells (8 canvas pixels): slices near the painted slice, where a sphere
+    /// of the painted mask's radius R moves its boundary by less than this, get the painted mask itself
+    /// (up to sqrt(2·R·tolerance·cell) mm away); 0 = the model's prediction everywhere.
+    #[arg(long, default_value_t = MemoryOptions::default().copy_tolerance, help_heading = "Memory propagation")]
+    pub copy_tolerance: f64,
+    /// Memory: outside the copy zone, pixels within this many feature cells of the model's boundary are
+    /// decided by the painted slice's intensities (structure against its surroundings); 0 = off.
+    #[arg(long, default_value_t = MemoryOptions::default().refine_band, help_heading = "Memory propagation")]
+    pub refine_band: f64,
     /// Prototype-head parameter under the official code's name, e.g. --head avg_sp_area=50 (repeatable):
     /// max_num_sp, avg_sp_area, fg_thresh, bg_thresh, val_wsize, alpha, alpha_bg, w1_w2_w3 (a:b:c),
     /// n_iter. The defaults are the official code's.
@@ -186,7 +191,8 @@ impl ModelArgs {
                 presence_drop: self.presence_drop,
                 min_area_fraction: self.min_area_fraction,
                 patience: self.patience,
-                copy_radius: self.copy_radius,
+                copy_tolerance: self.copy_tolerance,
+                refine_band: self.refine_band,
             },
             head: self.head_options(),
             ..SegmentOptions::default()

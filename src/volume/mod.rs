@@ -25,6 +25,7 @@ pub mod normalize;
 pub mod options;
 pub mod prepared;
 pub mod propagate;
+pub mod refine;
 pub mod session;
 pub mod slicing;
 

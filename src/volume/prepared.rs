@@ -87,6 +87,11 @@ impl<'a> PreparedVolume<'a> {
         CanvasFrame::fit(window.unwrap_or([0.0, 0.0, self.rows as f64, self.cols as f64]), self.pixel_spacing, CANVAS)
     }
 
+    /// The image's own intensities on slice `z`, row-major.
+    pub fn intensities(&self, z: usize) -> Vec<f32> {
+        slice_indices(self.dims, self.axis, z).map(|v| self.image[v]).collect()
+    }
+
     /// Model input for slice `z` under `frame`.
     pub fn canvas(&self, z: usize, frame: &CanvasFrame) -> Vec<f32> {
         let img: Vec<f32> = slice_indices(self.dims, self.axis, z).map(|v| self.normalizer.map(self.image[v])).collect();

@@ -7,8 +7,10 @@
 //! the last accepted mask. A presence score (the mean margin of the new prediction relative to the
 //! painted slice's own) decides whether the slice is accepted: accepted slices are written and join the
 //! memory; rejected slices stay empty, and under `--extent auto` the chain ends after `patience` of them
-//! in a row, so slices past the structure's end are never encoded. Accepted slices within
-//! `copy_radius` painted-mask radii of the painted slice get the painted mask itself.
+//! in a row, so slices past the structure's end are never encoded. What is written: near the painted
+//! slice (the copy zone, `copy_tolerance`) the painted mask itself; elsewhere the model's mask with its
+//! boundary refined on the image intensities (`refine_band`, `refine.rs`). The memory and the leak gate
+//! always see the model's own masks.
 
 use std::collections::VecDeque;
 
@@ -17,6 +19,7 @@ use candle_core::Tensor;
 use super::cache::{ChainRecord, ChainSettings, ChainStep, FeatureCache, SliceFeatures};
 use super::options::{ExtentMode, FovMode, MemoryOptions};
 use super::prepared::{bounding_box, SliceLogits};
+use super::refine::IntensityModel;
 use super::slicing::{slice_indices, CanvasFrame};
 use super::{nearest, self_margin, ClassOutcome, ClassPass, Ticker};
 use crate::model::prototypes::{HeadOptions, SupportEpisode};
@@ -58,8 +61,11 @@ struct Anchor {
     window: Option<[f64; 4]>,
     mask: Vec<bool>,
     area: usize,
-    /// Radius (mm) of a disc of the painted mask's area: the scale of the copy zone.
-    radius_mm: f64,
+    /// How far (mm) from the painted slice the painted mask is copied.
+    copy_zone_mm: f64,
+    /// Boundary refinement: the painted slice's intensity model and the band in pixels (0 = off).
+    intensity: Option<IntensityModel>,
+    band_px: usize,
     self_margin: f32,
 }
 
@@ -77,8 +83,15 @@ impl Anchor {
         let own = vol.score(&episode, &features, &frame)?;
         let area = mask.iter().filter(|&&m| m).count();
         let self_margin = self_margin(&mask, &own);
+        let mo = &pass.opts.memory;
+        // A feature cell (8 canvas pixels) in mm, and the painted mask's equivalent radius (a disc of its area).
+        let cell_mm = 8.0 * vol.pixel_spacing[0] / frame.scale[0];
         let radius_mm = (area as f64 * vol.pixel_spacing[0] * vol.pixel_spacing[1] / std::f64::consts::PI).sqrt();
-        Ok(Anchor { slice: s, episode, window, mask, area, radius_mm, self_margin })
+        // A sphere of radius R has moved its boundary by t at height sqrt(2 R t) (for t << R).
+        let copy_zone_mm = (2.0 * radius_mm * mo.copy_tolerance * cell_mm).sqrt();
+        let band_px = (mo.refine_band * cell_mm / vol.pixel_spacing[0].min(vol.pixel_spacing[1])).round() as usize;
+        let intensity = if band_px > 0 { IntensityModel::from_painted(&vol.intensities(s), &mask, vol.rows, vol.cols, (2 * band_px).max(2)) } else { None };
+        Ok(Anchor { slice: s, episode, window, mask, area, copy_zone_mm, intensity, band_px, self_margin })
     }
 }
 
@@ -167,9 +180,18 @@ fn follow_chain(
         let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
         let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped;
         let mut written = Vec::new();
-        // Near the painted slice the painted mask is written (the model's own mask still feeds the memory).
-        let copying = zu.abs_diff(anchor.slice) as f64 * vol.slice_spacing <= mo.copy_radius * anchor.radius_mm;
-        let out_mask = if copying { &anchor.mask } else { &step.mask };
+        // Near the painted slice the painted mask is written, elsewhere the refined model mask (the model's
+        // own mask feeds the memory).
+        let copying = zu.abs_diff(anchor.slice) as f64 * vol.slice_spacing <= anchor.copy_zone_mm;
+        let refined;
+        let out_mask = match &anchor.intensity {
+            _ if copying => &anchor.mask,
+            Some(model) if accepted || !stops => {
+                refined = model.refine(&vol.intensities(zu), &step.mask, vol.rows, vol.cols, anchor.band_px);
+                &refined
+            }
+            _ => &step.mask,
+        };
         // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
         if accepted || !stops {
             for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(out_mask).zip(&step.fg).enumerate() {

@@ -5,7 +5,7 @@
 //!   CLASSES: comma-separated label values (`a+b`: structures a and b as one multi-part class), or `pairs-even` / `pairs-odd` (AAL left/right pairs by pair
 //!            index (label+1)/2: the tuning and the report halves), or `all`
 //!   SETTING: `copy`, or comma-separated key=value over prop (memory|independent), size, pw, gain,
-//!            gate, radius, thr, drop, area, patience, copy, band, fov (slice|auto), extent (auto|all)
+//!            gate, radius, thr, drop, area, patience, inside, copy, band, fov (slice|auto), extent (auto|all)
 //! Prints one summary line per setting and writes per-class JSON lines to $CALIBRATE_OUT if set.
 
 use std::io::Write;
@@ -37,6 +37,7 @@ fn parse(setting: &str) -> Option<SegmentOptions> {
             "patience" => m.patience = v.parse().unwrap(),
             "copy" => m.copy_tolerance = v.parse().unwrap(),
             "band" => m.refine_band = v.parse().unwrap(),
+            "inside" => m.stop_probability = v.parse().unwrap(),
             "fov" => o.fov = if v == "auto" { FovMode::Auto } else { FovMode::Slice },
             "extent" => o.extent = if v == "all" { ExtentMode::All } else { ExtentMode::Auto },
             _ => panic!("unknown key {k}"),
@@ -161,6 +162,7 @@ fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: 
         o.classes = Some(vec![c]);
         o.memory.presence_threshold = f32::NEG_INFINITY;
         o.memory.min_area_fraction = 0.0;
+        o.memory.stop_probability = 0.0;
         // The model's own masks are recorded; copying near the painted slice is replayed offline.
         o.memory.copy_tolerance = 0.0;
         o.memory.refine_band = 0.0;

@@ -277,6 +277,7 @@ fn memory_without_memory_or_prior_scores_like_independent() {
         leak_gate: 0.0,
         presence_threshold: f32::NEG_INFINITY,
         presence_drop: 0.0,
+        stop_probability: 0.0,
         min_area_fraction: 0.0,
         copy_tolerance: 0.0,
         refine_band: 0.0,
@@ -302,7 +303,7 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
     let (img, _, sup) = ct();
     let plane = 80 * 72;
     let painted = &sup.data[3 * plane..4 * plane];
-    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, refine_band: 0.0, ..MemoryOptions::default() };
+    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, stop_probability: 0.0, refine_band: 0.0, ..MemoryOptions::default() };
     let opts = |copy_tolerance: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { copy_tolerance, ..accept_all.clone() }, ..Default::default() };
     // A zone wider than the volume: every slice is the painted one.
     let (out, _) = run(&img, &sup.data, &opts(1e6)).unwrap();
@@ -329,7 +330,7 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
 fn refinement_moves_only_pixels_near_the_model_boundary() {
     let (img, gt, sup) = ct();
     let (rows, cols, plane) = (72, 80, 80 * 72);
-    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, copy_tolerance: 0.0, ..MemoryOptions::default() };
+    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, stop_probability: 0.0, copy_tolerance: 0.0, ..MemoryOptions::default() };
     let opts = |refine_band: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { refine_band, ..accept_all.clone() }, ..Default::default() };
     let (plain, _) = run(&img, &sup.data, &opts(0.0)).unwrap();
     // Half a cell: a cell is 8 × 64 mm / 256 = 2 mm, so the band is round(1 mm / 0.8 mm) = 1 pixel.
@@ -393,6 +394,8 @@ fn bad_memory_options_are_rejected() {
         MemoryOptions { copy_tolerance: -1.0, ..MemoryOptions::default() },
         MemoryOptions { copy_tolerance: f64::INFINITY, ..MemoryOptions::default() },
         MemoryOptions { refine_band: f64::NAN, ..MemoryOptions::default() },
+        MemoryOptions { stop_probability: 1.5, ..MemoryOptions::default() },
+        MemoryOptions { stop_probability: f32::NAN, ..MemoryOptions::default() },
     ] {
         let e = run(&img, &sup.data, &SegmentOptions { memory: memory.clone(), ..Default::default() }).unwrap_err();
         assert!(matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"), "{memory:?}: {e}");

@@ -102,7 +102,10 @@ pub const DSPNET_COMPONENTS_ALL: dspnet_components_t = 1;
 pub type dspnet_propagation_t = u32;
 /// Follow the structure slice by slice outward from each painted slice, scoring each slice against the
 /// painted slice and the latest accepted predictions; with `DSPNET_EXTENT_AUTO` a presence score ends
-/// the structure where it stops, and slices past its end are never computed. The default.
+/// the structure where it stops, and slices past its end are never computed. Close to the painted slice
+/// the painted mask itself is written (the structure changes less there than the model resolves), further
+/// out the model's mask with its boundary refined on the intensities; the memory settings are the
+/// library's measured defaults (`dspnet segment --help`, model card). The default.
 pub const DSPNET_PROPAGATION_MEMORY: dspnet_propagation_t = 0;
 /// Score every slice on its own against the nearest painted slice (the paper's protocol, and what
 /// libdspnet 0.1 did).

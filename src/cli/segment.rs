@@ -118,6 +118,9 @@ pub struct ModelArgs {
     /// Memory, --extent auto: a chain ends after this many rejected slices in a row.
     #[arg(long, default_value_t = MemoryOptions::default().patience, help_heading = "Memory propagation")]
     pub patience: usize,
+    /// Memory: ...and the fitted probability that the slice is still inside the structure reaches this; 0 = off.
+    #[arg(long, default_value_t = MemoryOptions::default().stop_probability, help_heading = "Memory propagation")]
+    pub stop_probability: f32,
     /// Memory: copy zone in feature cells (8 canvas pixels): slices near the painted slice, where a sphere
     /// of the painted mask's radius R moves its boundary by less than this, get the painted mask itself
     /// (up to sqrt(2·R·tolerance·cell) mm away); 0 = the model's prediction everywhere.
@@ -191,6 +194,7 @@ impl ModelArgs {
                 presence_drop: self.presence_drop,
                 min_area_fraction: self.min_area_fraction,
                 patience: self.patience,
+                stop_probability: self.stop_probability,
                 copy_tolerance: self.copy_tolerance,
                 refine_band: self.refine_band,
             },

@@ -85,6 +85,10 @@ pub struct MemoryOptions {
     pub presence_drop: f32,
     /// ...and when its foreground area is at least this fraction of the painted area.
     pub min_area_fraction: f64,
+    /// ...and when the fitted probability that the slice is still inside the structure (presence, area,
+    /// overlap with the previous and the painted mask, presence drop; `propagate.rs`) reaches this;
+    /// 0 turns this off.
+    pub stop_probability: f32,
     /// Auto extent: a chain stops after this many rejected slices in a row (they stay empty).
     pub patience: usize,
     /// Copy zone, in feature cells (8 canvas pixels, in mm): accepted slices near the painted slice get
@@ -114,6 +118,8 @@ impl Default for MemoryOptions {
             presence_drop: 0.6,
             min_area_fraction: 0.15,
             patience: 1,
+            // Off: it lifts the AAL cortex parcels but stops structures that drift in-plane early (caudate).
+            stop_probability: 0.0,
             // Chosen on the liver and the nuclei crop (real runs, weights/README.md), reported on AAL.
             copy_tolerance: 0.5,
             refine_band: 0.5,
@@ -136,6 +142,9 @@ impl MemoryOptions {
         }
         if !(self.copy_tolerance.is_finite() && self.copy_tolerance >= 0.0 && self.refine_band.is_finite() && self.refine_band >= 0.0) {
             return bad("the copy tolerance and the refinement band must be finite and non-negative");
+        }
+        if !(0.0..=1.0).contains(&self.stop_probability) {
+            return bad("the stop probability must be between 0 and 1");
         }
         if self.patience == 0 {
             return bad("patience must be at least 1");

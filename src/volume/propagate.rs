@@ -178,7 +178,8 @@ fn follow_chain(
         let presence = step.presence / anchor.self_margin;
         trace.push((zu, presence));
         let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
-        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped;
+        let inside = inside_probability(presence, step.area, anchor, &step.mask, &last_mask, &recent);
+        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped && inside >= mo.stop_probability;
         let mut written = Vec::new();
         // Near the painted slice the painted mask is written, elsewhere the refined model mask (the model's
         // own mask feeds the memory).
@@ -237,6 +238,28 @@ fn follow_chain(
 
 /// Accepted slices whose presence the drop rule compares against.
 const RECENT: usize = 3;
+
+/// Logistic model of "this slice is still inside the structure" (weights on the features below, then the
+/// intercept), fitted by `scripts/stop_model.py` on chain traces of the tuning structures (the even AAL
+/// pairs of the Colin27 MRI and the 8 deep nuclei of its crop; weights/README.md): a chain that keeps a
+/// constant mask on look-alike tissue (high overlap with its previous slice) while leaving the painted
+/// footprint, or whose presence falls against its recent slices, has left the structure.
+const INSIDE_WEIGHTS: [f64; 5] = [1.2738, 0.8443, -2.9422, 3.6073, -1.7513];
+const INSIDE_INTERCEPT: f64 = 1.9525;
+
+/// The probability (0–1) that a chain's new slice is still inside the structure, from what the chain
+/// knows: its presence, its area against the painted one, its overlap with the previous accepted mask and
+/// with the painted mask, and its presence against the recent accepted slices.
+fn inside_probability(presence: f32, area: usize, anchor: &Anchor, mask: &[bool], previous: &[bool], recent: &VecDeque<f32>) -> f32 {
+    let clamp_presence = |p: f32| if p.is_finite() { f64::from(p).clamp(-2.0, 3.0) } else { -2.0 };
+    let p = clamp_presence(presence);
+    let overlap = |other: &[bool]| mask.iter().zip(other).filter(|(&a, &b)| a && b).count() as f64 / area.max(1) as f64;
+    let recent_mean = recent.iter().map(|&r| clamp_presence(r)).sum::<f64>() / recent.len().max(1) as f64;
+    let drop = if !recent.is_empty() && recent_mean > 0.0 { (p / recent_mean).clamp(-2.0, 2.0) } else { 1.0 };
+    let features = [p, ((area + 1) as f64 / anchor.area as f64).ln(), overlap(previous), overlap(&anchor.mask), drop];
+    let z = INSIDE_INTERCEPT + INSIDE_WEIGHTS.iter().zip(features).map(|(w, f)| w * f).sum::<f64>();
+    (1.0 / (1.0 + (-z).exp())) as f32
+}
 
 /// One query slice scored against the painted slice and the memory.
 struct Step {

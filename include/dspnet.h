@@ -584,7 +584,10 @@ typedef struct dspnet_session_info_t {
 /**
  * Follow the structure slice by slice outward from each painted slice, scoring each slice against the
  * painted slice and the latest accepted predictions; with `DSPNET_EXTENT_AUTO` a presence score ends
- * the structure where it stops, and slices past its end are never computed. The default.
+ * the structure where it stops, and slices past its end are never computed. Close to the painted slice
+ * the painted mask itself is written (the structure changes less there than the model resolves), further
+ * out the model's mask with its boundary refined on the intensities; the memory settings are the
+ * library's measured defaults (`dspnet segment --help`, model card). The default.
  */
 #define DSPNET_PROPAGATION_MEMORY 0
 

@@ -18,7 +18,9 @@ pub enum ComponentsArg { Support, All }
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum PropagationArg {
     /// Follow the structure slice by slice from each painted slice, with a memory of accepted
-    /// predictions; under --extent auto, stop where a presence score says the structure has ended.
+    /// predictions; under --extent auto, stop where a presence score says the structure has ended. Near
+    /// the painted slice the painted mask is copied, further out boundaries are refined on the intensities
+    /// (CT liver demo 0.91, MRI deep nuclei 0.76 whole-volume Dice; model card).
     Memory,
     /// Match every slice on its own against the nearest painted slice (the paper's protocol).
     Independent,

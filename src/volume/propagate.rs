@@ -7,7 +7,8 @@
 //! the last accepted mask. A presence score (the mean margin of the new prediction relative to the
 //! painted slice's own) decides whether the slice is accepted: accepted slices are written and join the
 //! memory; rejected slices stay empty, and under `--extent auto` the chain ends after `patience` of them
-//! in a row, so slices past the structure's end are never encoded. What is written: near the painted
+//! in a row, so slices past the structure's end are never encoded (an optional fitted stop probability,
+//! `inside_probability`, can end chains earlier). What is written: near the painted
 //! slice (the copy zone, `copy_tolerance`) the painted mask itself; elsewhere the model's mask with its
 //! boundary refined on the image intensities (`refine_band`, `refine.rs`). The memory and the leak gate
 //! always see the model's own masks.

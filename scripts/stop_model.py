@@ -6,7 +6,7 @@ with the previous and the painted mask, in-plane drift, distance from the painte
 the painted mask). A logistic model of "still inside the structure" is fitted on the tuning traces, and a
 chain stops at the first slice whose probability falls below tau (patience 1: exact to replay, since every
 slice before the stop was accepted in the trace too). Near the painted slice the painted mask may be copied
-instead of the model's prediction (`--copy` radii, in units of the painted mask's equivalent radius).
+instead of the model's prediction (`--copy` sizes under the `--zone` forms of `copy_zone`).
 
 usage: stop_model.py --tune A.jsonl[:labels] ... --report B.jsonl[:labels] ... [--features f1,f2,...]
   labels: `even` / `odd` (AAL pair halves, pair index (label+1)/2) or omitted (all)

@@ -91,7 +91,7 @@ impl Anchor {
         // A sphere of radius R has moved its boundary by t at height sqrt(2 R t) (for t << R).
         let copy_zone_mm = (2.0 * radius_mm * mo.copy_tolerance * cell_mm).sqrt();
         let band_px = (mo.refine_band * cell_mm / vol.pixel_spacing[0].min(vol.pixel_spacing[1])).round() as usize;
-        let intensity = if band_px > 0 { IntensityModel::from_painted(&vol.intensities(s), &mask, vol.rows, vol.cols, (2 * band_px).max(2)) } else { None };
+        let intensity = if band_px > 0 { IntensityModel::from_painted(&vol.intensities(s), &mask, vol.rows, vol.cols, band_px.saturating_mul(2).max(2)) } else { None };
         Ok(Anchor { slice: s, episode, window, mask, area, copy_zone_mm, intensity, band_px, self_margin })
     }
 }

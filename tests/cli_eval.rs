@@ -158,8 +158,9 @@ fn eval_compare_reports_memory_independent_and_copy_side_by_side() {
 #[test]
 fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
     let case = ct_case("sweep", 3);
+    // No copy zone: on this 3-slice case it would cover every slice and hide what the head does.
     let o = dspnet(args![
-        "eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json",
+        "eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--copy-tolerance", "0",
         "--sweep", "bg_thresh=0.5,0.95", "--sweep", "w1_w2_w3=0:1:0"
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -175,7 +176,7 @@ fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
     assert_eq!(rows[0]["classes"][0]["dice"], rows[2]["classes"][0]["dice"]);
     // Each swept row is what a direct run with --head gives (reusing encoded slices changes nothing).
     for (row, head) in [(&rows[1], "bg_thresh=0.5"), (&rows[3], "w1_w2_w3=0:1:0")] {
-        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--head", head]);
+        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--copy-tolerance", "0", "--head", head]);
         assert!(o.status.success(), "{}", stderr(&o));
         let direct: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(row["classes"][0]["dice"], direct["classes"][0]["dice"], "{head}");

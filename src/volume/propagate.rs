@@ -179,8 +179,9 @@ fn follow_chain(
         let presence = step.presence / anchor.self_margin;
         trace.push((zu, presence));
         let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
-        let inside = inside_probability(presence, step.area, anchor, &step.mask, &last_mask, &recent);
-        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped && inside >= mo.stop_probability;
+        // The fitted stop probability is only computed when asked for (off by default).
+        let inside = || inside_probability(presence, step.area, anchor, &step.mask, &last_mask, &recent) >= mo.stop_probability;
+        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped && (mo.stop_probability <= 0.0 || inside());
         let mut written = Vec::new();
         // Near the painted slice the painted mask is written, elsewhere the refined model mask (the model's
         // own mask feeds the memory).

@@ -1,6 +1,7 @@
 //! libdspnet: few-shot medical image segmentation with DSPNet (Tang et al., arXiv 2406.18074).
 //!
 //! The pipeline, one module per stage:
+//! - [`config`]: what a weight file declares — the architecture table, tensor names, metadata;
 //! - [`weights`]: safetensors loading (official or own tensor names), PyTorch checkpoint conversion,
 //!   the deterministic synthetic-weight generator;
 //! - [`model::backbone`]: dilated ResNet (output stride 8) with BatchNorm folded at load time, and the
@@ -11,6 +12,7 @@
 //! - [`train`]: self-supervised fine-tuning on unlabelled scans (superpixel episodes).
 
 pub mod capi;
+pub mod config;
 pub mod error;
 pub mod io;
 pub mod model;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use clap::Args;
 use dspnet::model::backbone::{ConvBackend, Profile};
-use dspnet::model::config::ModelConfig;
+use dspnet::config::ModelConfig;
 use dspnet::model::prototypes::{HeadOptions, SupportEpisode};
 use dspnet::model::{device_from_name, Model, OUTPUT_STRIDE};
 use dspnet::{weights, DspnetError, Result};

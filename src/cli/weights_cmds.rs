@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::model::config::{FeatureSource, InputNormalization, ModelConfig};
+use dspnet::config::{FeatureSource, InputNormalization, ModelConfig};
 use dspnet::weights::{self, convert::convert_checkpoint};
 use dspnet::Result;
 

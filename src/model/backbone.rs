@@ -1,5 +1,5 @@
 //! Dilated bottleneck ResNet (torchvision v1.5 blocks, DeepLabV3 style, output stride 8) and the 1x1
-//! projection to the feature channels (spec §1.2–1.3).
+//! projection to the feature channels. The layout comes from [`crate::config`]'s architecture table.
 //!
 //! Eval-mode BatchNorm is folded into the preceding bias-free convolution at load time, so every stage is
 //! one convolution plus bias: w' = w·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε).
@@ -19,16 +19,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::model::config::{FeatureSource, ModelConfig};
+use crate::config::{ConvSpec, FeatureSource, ModelConfig};
 use crate::{DspnetError, Result};
 
 /// torchvision's BatchNorm epsilon.
 pub(crate) const BN_EPS: f64 = 1e-5;
 
-#[path = "conv/mod.rs"]
-mod conv;
-
-use conv::{KernelFn, Nhwc, PackedConv};
+use super::conv::{self, KernelFn, Nhwc, PackedConv};
 
 /// Which convolution implementation runs the backbone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,21 +250,11 @@ pub(crate) fn fold_batchnorm(tensors: &HashMap<String, Tensor>, conv: &str, bn: 
     Ok((weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?))
 }
 
-/// A folded convolution on `device` (packed for the fast path when `pack`).
-#[allow(clippy::too_many_arguments)]
-fn fold(tensors: &HashMap<String, Tensor>, conv: &str, bn: &str, stride: usize, padding: usize, dilation: usize, device: &Device, pack: bool) -> Result<FoldedConv> {
-    let (weight, bias) = fold_batchnorm(tensors, conv, bn)?;
-    FoldedConv::new(weight, Some(bias), stride, padding, dilation, device, pack)
-}
-
-/// (stride, dilation) of the 3x3 convolution of bottleneck `block` of layer `layer` (0-based): torchvision
-/// with replace_stride_with_dilation = [False, True, True] — layer2 strides, layer3 and layer4 dilate
-/// instead, and the first block of a dilated layer keeps the previous dilation. The padding equals the
-/// dilation.
-pub(crate) fn block_geometry(layer: usize, block: usize) -> (usize, usize) {
-    const PLAN: [(usize, usize, usize); 4] = [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]; // (stride, first dilation, later dilation)
-    let (stride, first_dil, dil) = PLAN[layer];
-    if block == 0 { (stride, first_dil) } else { (1, dil) }
+/// A convolution of the architecture table with its BatchNorm folded in, on `device` (packed for the
+/// fast path when `pack`).
+fn fold(tensors: &HashMap<String, Tensor>, spec: &ConvSpec, device: &Device, pack: bool) -> Result<FoldedConv> {
+    let (weight, bias) = fold_batchnorm(tensors, &spec.name, &spec.batchnorm)?;
+    FoldedConv::new(weight, Some(bias), spec.stride, spec.padding, spec.dilation, device, pack)
 }
 
 /// Whether a model loaded on `device` packs its weights for the CPU fast path: on the CPU when this CPU
@@ -285,29 +272,27 @@ impl Backbone {
     /// Build from validated weights (crate's own names), folding BatchNorm.
     pub fn new(config: &ModelConfig, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         let pack = use_fast_path(device);
-        let stem = fold(tensors, "backbone.conv1", "backbone.bn1", 2, 3, 1, &Device::Cpu, false)?;
+        let stem_spec = config.stem();
+        let stem = fold(tensors, &stem_spec, &Device::Cpu, false)?;
         let (stem_w, stem_b) = (stem.weight_tensor()?, stem.bias_tensor()?.map(|b| b.flatten_all()).transpose()?);
-        let stem_grey = FoldedConv::new(stem_w.sum_keepdim(1)?, stem_b.clone(), 2, 3, 1, device, pack)?;
-        let stem_rgb = FoldedConv::new(stem_w, stem_b, 2, 3, 1, device, pack)?;
-        let blocks = config.blocks()?;
-        let mut layers = Vec::new();
-        for (l, &n) in blocks.iter().enumerate().take(config.layers_used()) {
-            let mut layer = Vec::with_capacity(n);
-            for b in 0..n {
-                let p = format!("backbone.layer{}.{b}", l + 1);
-                let (s, d) = block_geometry(l, b);
-                layer.push(Bottleneck {
-                    conv1: fold(tensors, &format!("{p}.conv1"), &format!("{p}.bn1"), 1, 0, 1, device, pack)?,
-                    conv2: fold(tensors, &format!("{p}.conv2"), &format!("{p}.bn2"), s, d, d, device, pack)?,
-                    conv3: fold(tensors, &format!("{p}.conv3"), &format!("{p}.bn3"), 1, 0, 1, device, pack)?,
-                    downsample: if b == 0 {
-                        Some(fold(tensors, &format!("{p}.downsample.0"), &format!("{p}.downsample.1"), s, 0, 1, device, pack)?.with_kind("downsample 1x1"))
-                    } else {
-                        None
-                    },
-                });
+        let (s, p) = (stem_spec.stride, stem_spec.padding);
+        let stem_grey = FoldedConv::new(stem_w.sum_keepdim(1)?, stem_b.clone(), s, p, 1, device, pack)?;
+        let stem_rgb = FoldedConv::new(stem_w, stem_b, s, p, 1, device, pack)?;
+        let mut layers: Vec<Vec<Bottleneck>> = Vec::new();
+        for spec in config.bottlenecks()? {
+            if spec.index == 0 {
+                layers.push(Vec::new());
             }
-            layers.push(layer);
+            let downsample = match &spec.downsample {
+                Some(d) => Some(fold(tensors, d, device, pack)?.with_kind("downsample 1x1")),
+                None => None,
+            };
+            layers.last_mut().expect("every layer starts at index 0").push(Bottleneck {
+                conv1: fold(tensors, &spec.conv1, device, pack)?,
+                conv2: fold(tensors, &spec.conv2, device, pack)?,
+                conv3: fold(tensors, &spec.conv3, device, pack)?,
+                downsample,
+            });
         }
         let proj_w = take(tensors, "projection.weight")?.to_dtype(DType::F32)?;
         let proj_b = if config.projection_bias { Some(take(tensors, "projection.bias")?.to_dtype(DType::F32)?) } else { None };

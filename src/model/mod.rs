@@ -1,7 +1,7 @@
 //! The DSPNet network: backbone + projection (learned) and the prototype head (parameter-free).
 
 pub mod backbone;
-pub mod config;
+mod conv;
 pub mod projection;
 pub mod prototypes;
 
@@ -12,7 +12,11 @@ use candle_core::{DType, Device, Tensor};
 use crate::weights::{self, ModelWeights};
 use crate::{DspnetError, Result};
 use backbone::Backbone;
-use config::ModelConfig;
+use crate::config::ModelConfig;
+
+/// The configuration types live in [`crate::config`], below both the network and the weight loader;
+/// re-exported here, where they were first published.
+pub use crate::config;
 
 /// The feature grid is the input divided by this (output stride of the dilated ResNet).
 pub const OUTPUT_STRIDE: usize = 8;

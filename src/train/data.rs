@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::superpixels::{default_body_threshold, pseudo_labels, SuperpixelOptions};
-use crate::model::config::InputNormalization;
+use crate::config::InputNormalization;
 use crate::volume::{ModalityChoice, PreparedVolume, VolumeRef, CANVAS};
 use crate::{DspnetError, Result};
 

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::model::backbone::{block_geometry, fold_batchnorm, BN_EPS};
-use crate::model::config::ModelConfig;
+use crate::config::{ConvSpec, ModelConfig};
+use crate::model::backbone::{fold_batchnorm, BN_EPS};
 use crate::{DspnetError, Result};
 
 /// One trained convolution, BatchNorm folded in.
@@ -33,9 +33,13 @@ struct Conv {
 }
 
 impl Conv {
-    fn folded(tensors: &HashMap<String, Tensor>, name: String, bn: String, dilation: usize, device: &Device) -> Result<Self> {
-        let (w, b) = fold_batchnorm(tensors, &name, &bn)?;
-        Self::from_tensors(name, Some(bn), &w, Some(&b), dilation, device)
+    /// A convolution of the architecture table (stride 1, padding equal to the dilation).
+    fn folded(tensors: &HashMap<String, Tensor>, spec: &ConvSpec, device: &Device) -> Result<Self> {
+        if spec.stride != 1 || spec.padding != spec.dilation * (spec.shape[2] / 2) {
+            return Err(DspnetError::InvalidArgument(format!("{} strides or pads unlike a dilated layer; it cannot be trained", spec.name)));
+        }
+        let (w, b) = fold_batchnorm(tensors, &spec.name, &spec.batchnorm)?;
+        Self::from_tensors(spec.name.clone(), Some(spec.batchnorm.clone()), &w, Some(&b), spec.dilation, device)
     }
 
     fn from_tensors(name: String, bn: Option<String>, w: &Tensor, b: Option<&Tensor>, dilation: usize, device: &Device) -> Result<Self> {
@@ -129,9 +133,9 @@ pub struct TrainableNet {
 impl TrainableNet {
     /// From validated weights (own names); `k` ≤ the number of bottlenecks in the feature layer.
     pub fn new(config: &ModelConfig, tensors: &HashMap<String, Tensor>, k: usize, device: &Device) -> Result<Self> {
-        let blocks = config.blocks()?;
+        let all = config.bottlenecks()?;
         let layer = config.layers_used() - 1;
-        let n = blocks[layer];
+        let n = all.iter().filter(|b| b.layer == layer).count();
         if k > n {
             return Err(DspnetError::InvalidArgument(format!(
                 "--trainable-blocks {k}: the feature layer (layer{}) of this ResNet-{} has {n} bottlenecks",
@@ -139,18 +143,15 @@ impl TrainableNet {
                 config.depth
             )));
         }
-        let total: usize = blocks.iter().take(config.layers_used()).sum();
+        let total = all.len();
         let mut trained = Vec::with_capacity(k);
-        for b in n - k..n {
-            let p = format!("backbone.layer{}.{b}", layer + 1);
-            let (stride, dilation) = block_geometry(layer, b);
-            debug_assert_eq!(stride, 1, "layer3 and layer4 never stride");
-            let conv = |c: &str, bn: &str, d: usize| Conv::folded(tensors, format!("{p}.{c}"), format!("{p}.{bn}"), d, device);
+        for spec in &all[total - k..] {
+            let conv = |c: &ConvSpec| Conv::folded(tensors, c, device);
             trained.push(Block {
-                conv1: conv("conv1", "bn1", 1)?,
-                conv2: conv("conv2", "bn2", dilation)?,
-                conv3: conv("conv3", "bn3", 1)?,
-                downsample: if b == 0 { Some(conv("downsample.0", "downsample.1", 1)?) } else { None },
+                conv1: conv(&spec.conv1)?,
+                conv2: conv(&spec.conv2)?,
+                conv3: conv(&spec.conv3)?,
+                downsample: spec.downsample.as_ref().map(conv).transpose()?,
             });
         }
         let pw = tensors.get("projection.weight").ok_or_else(|| DspnetError::ModelFormat("missing projection.weight".into()))?.to_dtype(DType::F32)?;

@@ -1,6 +1,6 @@
 //! Intensity normalisation, as the model's weights declare it (spec §3.4 for the official recipe).
 
-use crate::model::config::InputNormalization;
+use crate::config::InputNormalization;
 use crate::{DspnetError, Result};
 
 /// Imaging modality, for the official recipe (which normalises CT and MRI differently).

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use super::normalize::{Modality, Normalizer};
 use super::options::{ModalityChoice, VolumeRef};
 use super::slicing::{extract_slice, in_plane_axes, slice_indices, slice_shape, CanvasFrame};
-use crate::model::config::InputNormalization;
+use crate::config::InputNormalization;
 use crate::model::prototypes::{upsample_logits, HeadOptions, SupportEpisode};
 use crate::model::Model;
 use crate::{DspnetError, Result};
@@ -230,7 +230,7 @@ mod tests {
     fn fov_window_is_square_in_mm_and_inside_the_slice() {
         let vol = PreparedVolume {
             image: &[],
-            normalizer: Normalizer::fit(&[0.0], &crate::model::config::InputNormalization::Official, Modality::Mri).unwrap(),
+            normalizer: Normalizer::fit(&[0.0], &crate::config::InputNormalization::Official, Modality::Mri).unwrap(),
             dims: [200, 100, 1],
             axis: 2,
             rows: 100,

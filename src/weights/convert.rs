@@ -7,7 +7,7 @@ use candle_core::DType;
 
 use super::pth::read_checkpoint;
 use super::{from_named_tensors, save_safetensors, CALIBRATION_NAME};
-use crate::model::config::{canonical_name, ModelConfig, FORMAT_VERSION};
+use crate::config::{canonical_name, ModelConfig, FORMAT_VERSION};
 use crate::{DspnetError, Result};
 
 /// What a conversion kept, dropped and found missing.

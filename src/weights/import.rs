@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::pth::{read_checkpoint, PthDtype};
 use super::{from_named_tensors, save_safetensors_mixed};
-use crate::model::config::{FeatureSource, InputNormalization, ModelConfig};
+use crate::config::{FeatureSource, InputNormalization, ModelConfig};
 use crate::{DspnetError, Result};
 
 /// How an inflated 3D kernel `[out, in, depth, kh, kw]` becomes a 2D one.

@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
-use crate::model::config::{blocks_per_layer, canonical_name, official_name, FeatureSource, InputNormalization, ModelConfig};
+use crate::config::{blocks_per_layer, canonical_name, depth_with_layer3_blocks, official_name, FeatureSource, InputNormalization, ModelConfig};
 use crate::{DspnetError, Result};
 
 /// File name of the default model inside a weights folder.
@@ -189,10 +189,10 @@ pub fn from_named_tensors(raw: Vec<(String, Tensor)>, metadata: HashMap<String, 
     }
     if let Some(v) = metadata.get("format_version") {
         let v: u32 = v.parse().map_err(|_| DspnetError::ModelFormat(format!("bad format_version '{v}'")))?;
-        if v > crate::model::config::FORMAT_VERSION {
+        if v > crate::config::FORMAT_VERSION {
             return Err(DspnetError::ModelFormat(format!(
                 "format_version {v} is newer than this libdspnet understands ({}); upgrade libdspnet",
-                crate::model::config::FORMAT_VERSION
+                crate::config::FORMAT_VERSION
             )));
         }
     }
@@ -238,10 +238,7 @@ fn config_from(metadata: &HashMap<String, String>, tensors: &HashMap<String, Ten
                 .filter_map(|k| k.strip_prefix("backbone.layer3.")?.split('.').next()?.parse::<usize>().ok())
                 .max()
                 .map_or(0, |m| m + 1);
-            [50, 101, 152]
-                .into_iter()
-                .find(|&d| blocks_per_layer(d).is_ok_and(|b| b[2] == layer3_blocks))
-                .ok_or_else(|| DspnetError::ModelFormat(format!("cannot infer the ResNet depth: layer3 has {layer3_blocks} blocks (expected 6, 23 or 36)")))?
+            depth_with_layer3_blocks(layer3_blocks)?
         }
     };
     blocks_per_layer(depth)?;

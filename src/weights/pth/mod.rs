@@ -125,10 +125,8 @@ impl PthTensor {
         let v = match self.dtype {
             PthDtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
             PthDtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            PthDtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-            PthDtype::BF16 => {
-                d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-            }
+            PthDtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            PthDtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             PthDtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
             PthDtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
             PthDtype::I16 => d.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
@@ -191,28 +189,6 @@ impl PthTensor {
         };
         Ok(candle_core::Tensor::from_raw_buffer(data, dtype, &self.shape, device)?)
     }
-}
-
-/// IEEE half → single, exact.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: normalise the mantissa.
-            let (mut e, mut m) = (127 - 15 + 1, mant);
-            while m & 0x400 == 0 {
-                m <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((m & 0x3ff) << 13)
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (mant << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
-    };
-    f32::from_bits(bits)
 }
 
 /// Keys of a training checkpoint under which the state dict is looked for, in this order.
@@ -574,15 +550,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn half_to_single() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x03ff), 1023.0 * 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
-        assert_eq!(f16_to_f32(0x8000).to_bits(), 0x8000_0000);
+    fn half_precision_elements_widen_exactly() {
+        let halves: [u16; 8] = [0x3c00, 0xc000, 0x0001, 0x03ff, 0x7bff, 0x7c00, 0x7e00, 0x8000];
+        let t = PthTensor { name: "h".into(), dtype: PthDtype::F16, shape: vec![8], data: halves.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        let v = t.to_f32_vec().unwrap();
+        assert_eq!(v[..6], [1.0, -2.0, 2f32.powi(-24), 1023.0 * 2f32.powi(-24), 65504.0, f32::INFINITY]);
+        assert!(v[6].is_nan());
+        assert_eq!(v[7].to_bits(), 0x8000_0000);
+        let t = PthTensor { name: "b".into(), dtype: PthDtype::BF16, shape: vec![2], data: vec![0x80, 0x3f, 0x00, 0xc0] };
+        assert_eq!(t.to_f32_vec().unwrap(), [1.0, -2.0]);
     }
 
     #[test]

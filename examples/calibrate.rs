@@ -2,7 +2,8 @@
 //! encoded once. Used to choose the defaults of `MemoryOptions` (see weights/README.md).
 //!
 //! cargo run --release --example calibrate -- IMAGE LABELS CLASSES SETTING...
-//!   CLASSES: comma-separated label values (`a+b`: structures a and b as one multi-part class), or `pairs-even` / `pairs-odd` (AAL left/right pairs by pair
+//!   CLASSES: comma-separated label values (`a+b`: structures a and b as one multi-part class), or `pairs-even` /
+//! `pairs-odd` (AAL left/right pairs by pair
 //!            index (label+1)/2: the tuning and the report halves), or `all`
 //!   SETTING: `copy`, or comma-separated key=value over prop (memory|independent), size, pw, gain,
 //!            gate, radius, thr, drop, area, patience, inside, copy, band, fov (slice|auto), extent (auto|all)
@@ -14,7 +15,10 @@ use dspnet::io::{read_image, read_labels};
 use dspnet::model::{device_from_name, Model};
 use dspnet::volume::eval::{evaluate_one_slice, evaluate_one_slice_cached, Baseline, ClassScore, Method};
 use dspnet::volume::slicing::slice_indices;
-use dspnet::volume::{segment_cached, ComponentsMode, AxisChoice, ExtentMode, FeatureCache, FovMode, Propagation, SegmentOptions, VolumeRef};
+use dspnet::volume::{
+    segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, Propagation, SegmentOptions,
+    VolumeRef,
+};
 
 fn parse(setting: &str) -> Option<SegmentOptions> {
     if setting == "copy" {
@@ -49,7 +53,11 @@ fn parse(setting: &str) -> Option<SegmentOptions> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() -> dspnet::Result<()> {
@@ -72,17 +80,20 @@ fn main() -> dspnet::Result<()> {
     let present: std::collections::BTreeSet<u16> = gt.data.iter().copied().filter(|&l| l != 0).collect();
     let classes: Vec<u16> = match args[2].as_str() {
         "all" => present.iter().copied().collect(),
-        "pairs-even" => present.iter().copied().filter(|l| (l + 1) / 2 % 2 == 0).collect(),
-        "pairs-odd" => present.iter().copied().filter(|l| (l + 1) / 2 % 2 == 1).collect(),
+        "pairs-even" => present.iter().copied().filter(|l| l.div_ceil(2) % 2 == 0).collect(),
+        "pairs-odd" => present.iter().copied().filter(|l| l.div_ceil(2) % 2 == 1).collect(),
         // One of each left/right pair of the tuning half.
-        "tune" => present.iter().copied().filter(|l| (l + 1) / 2 % 2 == 0 && l % 2 == 1).collect(),
+        "tune" => present.iter().copied().filter(|l| l.div_ceil(2) % 2 == 0 && l % 2 == 1).collect(),
         list => list.split(',').map(|s| s.split('+').next().unwrap().parse().unwrap()).collect(),
     };
     let model = Model::load(&dspnet::weights::default_model_path()?, &device_from_name(Some("cpu"))?)?;
     let q = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let mut cache = FeatureCache::default();
-    let mut out = std::env::var("CALIBRATE_OUT").ok().map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap());
-    let copy_opts = SegmentOptions { axis: AxisChoice::Fixed(2), classes: Some(classes.clone()), ..SegmentOptions::default() };
+    let mut out = std::env::var("CALIBRATE_OUT")
+        .ok()
+        .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap());
+    let copy_opts =
+        SegmentOptions { axis: AxisChoice::Fixed(2), classes: Some(classes.clone()), ..SegmentOptions::default() };
     let copy = evaluate_one_slice(Method::Naive(Baseline::Copy), q, &gt.data, &copy_opts)?.0;
     let copy_in: Vec<f64> = copy.iter().map(|s| s.dice_in_extent).collect();
     for setting in &args[3..] {
@@ -100,7 +111,10 @@ fn main() -> dspnet::Result<()> {
                     let oc = SegmentOptions { classes: Some(vec![c]), ..o.clone() };
                     let r = evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &oc, &mut cache)?.0;
                     let s = &r[0];
-                    eprintln!("  {setting} class {c}: dice {:.3} in {:.3} extent {:?} pred {:?} slices {} {:.1}s", s.dice, s.dice_in_extent, s.extent, s.predicted_extent, s.slices_processed, s.seconds);
+                    eprintln!(
+                        "  {setting} class {c}: dice {:.3} in {:.3} extent {:?} pred {:?} slices {} {:.1}s",
+                        s.dice, s.dice_in_extent, s.extent, s.predicted_extent, s.slices_processed, s.seconds
+                    );
                     v.extend(r);
                 }
                 v
@@ -108,7 +122,10 @@ fn main() -> dspnet::Result<()> {
         };
         let whole: Vec<f64> = scores.iter().map(|s| s.dice).collect();
         let inside: Vec<f64> = scores.iter().map(|s| s.dice_in_extent).collect();
-        let ends = scores.iter().map(|s| s.extent_error().map_or(0, |(a, b)| usize::from(a <= 3) + usize::from(b <= 3))).sum::<usize>();
+        let ends = scores
+            .iter()
+            .map(|s| s.extent_error().map_or(0, |(a, b)| usize::from(a <= 3) + usize::from(b <= 3)))
+            .sum::<usize>();
         let beats = whole.iter().zip(&copy_in).filter(|(w, c)| w > c).count();
         let slices: usize = scores.iter().map(|s| s.slices_processed).sum();
         println!(
@@ -142,7 +159,15 @@ fn main() -> dspnet::Result<()> {
 /// `trace:SETTING`: chains that accept every slice, run to the end of their territory, with each scored
 /// slice's presence, area, overlap with the chain's previous slice and counts against the truth, one JSON
 /// line per slice: a stop rule that depends on the chain so far can then be replayed exactly offline.
-fn trace(model: &Model, q: VolumeRef<'_>, gt: &[u16], classes: &[u16], setting: &str, cache: &mut FeatureCache, out: &mut std::fs::File) -> dspnet::Result<()> {
+fn trace(
+    model: &Model,
+    q: VolumeRef<'_>,
+    gt: &[u16],
+    classes: &[u16],
+    setting: &str,
+    cache: &mut FeatureCache,
+    out: &mut std::fs::File,
+) -> dspnet::Result<()> {
     let dims = q.dims;
     let base = parse(setting).expect("a model setting");
     for &c in classes {

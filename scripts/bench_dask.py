@@ -39,19 +39,26 @@ def main():
             f.write("image,support,output\n")
             for s in range(a.studies):
                 f.write(f"{image},support.nii.gz,w{workers}/study-{s}.nii.gz\n")
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
-                Client(c) as client:
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as c,
+            Client(c) as client,
+        ):
             t0 = time.perf_counter()
             rows = segment_many(m, client, a.weights)
             dt = time.perf_counter() - t0
         assert all(r["status"] == "done" for r in rows), rows
         results[workers] = dt
-        print(f"{workers} worker(s): {a.studies} studies in {dt:.1f} s = {a.studies * 3600 / dt:.1f} studies/h", flush=True)
+        print(
+            f"{workers} worker(s): {a.studies} studies in {dt:.1f} s = {a.studies * 3600 / dt:.1f} studies/h",
+            flush=True,
+        )
     for s in range(a.studies):
         x = np.asarray(nib.load(os.path.join(work, f"w1/study-{s}.nii.gz")).dataobj)
         y = np.asarray(nib.load(os.path.join(work, f"w2/study-{s}.nii.gz")).dataobj)
         assert np.array_equal(x, y), f"study {s} differs between the runs"
-    print(f"2 workers / 1 worker throughput: {results[1] / results[2]:.2f}x on {os.cpu_count()} cores; outputs identical")
+    print(
+        f"2 workers / 1 worker throughput: {results[1] / results[2]:.2f}x on {os.cpu_count()} cores; outputs identical"
+    )
 
 
 if __name__ == "__main__":

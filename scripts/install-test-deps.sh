@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the full test suite needs beyond the Rust toolchain (Debian 12, as root):
 # CMake, pkg-config, valgrind and ITK for the C/C++ consumers; the pinned cbindgen for the header check;
-# PyPI's slicer-core and friends for the Slicer extension's tests. Idempotent: skips what is there.
+# PyPI's slicer-core and friends for the Slicer extension's tests; ruff for the Python format check. Idempotent: skips what is there.
 set -euo pipefail
 CBINDGEN_VERSION=0.29.4
 need_apt=()
@@ -18,6 +18,11 @@ fi
 if ! cbindgen --version 2>/dev/null | grep -qx "cbindgen $CBINDGEN_VERSION"; then
   echo "installing cbindgen $CBINDGEN_VERSION"
   cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --quiet
+fi
+RUFF_VERSION=0.17.6
+if ! python3 -m ruff --version 2>/dev/null | grep -qx "ruff $RUFF_VERSION"; then
+  echo "installing ruff $RUFF_VERSION (the Python formatter)"
+  python3 -m pip install --quiet "ruff==$RUFF_VERSION"
 fi
 if ! python3 -c "import slicer, numpy, nrrd, slicerio, pytest; slicer.vtkMRMLScene" >/dev/null 2>&1; then
   echo "installing slicer-core and the Python test packages"

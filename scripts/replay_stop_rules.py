@@ -9,6 +9,7 @@ within 3 slices, slices scored, and the copy-through-the-true-extent baseline is
 
 usage: replay_stop_rules.py TRACE.jsonl [LABEL-FILTER: all|crop|liver|aal]
 """
+
 import json
 import statistics
 import sys
@@ -61,7 +62,9 @@ def replay(chains, meta, rule):
                     continue
                 scored += 1
                 if rule_accepts(rule, s, history, painted_area):
-                    tp += s["tp"]; fp += s["fp"]; fn += s["fn"]
+                    tp += s["tp"]
+                    fp += s["fp"]
+                    fn += s["fn"]
                     history.append(s)
                     if s["area"]:
                         zs.append(s["z"])
@@ -95,13 +98,17 @@ def main():
                 pc = replay(chains, sub, rule)
                 d = [v["dice"] for v in pc.values()]
                 ends = sum((abs(v["ends"][0]) <= 3) + (abs(v["ends"][1]) <= 3) for v in pc.values()) / (2 * len(pc))
-                rows.append((statistics.median(d), statistics.mean(d), ends, sum(v["scored"] for v in pc.values()), rule))
+                rows.append(
+                    (statistics.median(d), statistics.mean(d), ends, sum(v["scored"] for v in pc.values()), rule)
+                )
             rows.sort(key=lambda r: -r[1])
             print(f"-- setting '{setting}' ({len(sub)} classes); best by mean Dice:")
             for med, mean, ends, scored, rule in rows[:8]:
-                print(f"   thr {rule[0]:>5} area {rule[1]:.2f} overlap {rule[2]:.1f} rel {rule[3]:.1f}: mean {mean:.4f} median {med:.4f} ends<=3 {100*ends:5.1f}% scored {scored}")
+                print(
+                    f"   thr {rule[0]:>5} area {rule[1]:.2f} overlap {rule[2]:.1f} rel {rule[3]:.1f}: mean {mean:.4f} median {med:.4f} ends<=3 {100 * ends:5.1f}% scored {scored}"
+                )
             base = [r for r in rows if r[4] == (float("-inf"), 0.0, 0.0, 0.0)][0]
-            print(f"   no stop: mean {base[1]:.4f} median {base[0]:.4f} ends<=3 {100*base[2]:.1f}%")
+            print(f"   no stop: mean {base[1]:.4f} median {base[0]:.4f} ends<=3 {100 * base[2]:.1f}%")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ instead of the model's prediction (`--copy` sizes under the `--zone` forms of `c
 usage: stop_model.py --tune A.jsonl[:labels] ... --report B.jsonl[:labels] ... [--features f1,f2,...]
   labels: `even` / `odd` (AAL pair halves, pair index (label+1)/2) or omitted (all)
 """
+
 import argparse
 import json
 import math
@@ -148,14 +149,16 @@ def replay(chains, accept, copy_k, form="radius"):
     for key, s in per.items():
         rs = [r for (p, l, _), c in chains.items() if (p, l) == key for r in c]
         truth_in = s["truth"]  # truth lies inside the extent by definition
-        res.append({
-            "key": key,
-            "dice": 2 * s["tp"] / (s["area"] + s["truth"]),
-            "in": 2 * s["tp_in"] / (s["area_in"] + truth_in),
-            "ends": s["ends"],
-            "slices": s["slices"],
-            "copy_ext": copy_through_extent(rs),
-        })
+        res.append(
+            {
+                "key": key,
+                "dice": 2 * s["tp"] / (s["area"] + s["truth"]),
+                "in": 2 * s["tp_in"] / (s["area_in"] + truth_in),
+                "ends": s["ends"],
+                "slices": s["slices"],
+                "copy_ext": copy_through_extent(rs),
+            }
+        )
     return res
 
 
@@ -177,9 +180,11 @@ def summary(res):
     ends = [e for r in res for e in r["ends"]]
     ce = [r["copy_ext"] for r in res]
     beats = sum(r["dice"] > r["copy_ext"] for r in res)
-    return (f"n {len(res):3d} whole mean {statistics.fmean(dice):.3f} med {statistics.median(dice):.3f} | in mean {statistics.fmean(ins):.3f} "
-            f"med {statistics.median(ins):.3f} | ends<=3 {100 * sum(e <= 3 for e in ends) / len(ends):4.0f}% | copy(ext) med {statistics.median(ce):.3f} "
-            f"beats {beats} | slices {sum(r['slices'] for r in res)}")
+    return (
+        f"n {len(res):3d} whole mean {statistics.fmean(dice):.3f} med {statistics.median(dice):.3f} | in mean {statistics.fmean(ins):.3f} "
+        f"med {statistics.median(ins):.3f} | ends<=3 {100 * sum(e <= 3 for e in ends) / len(ends):4.0f}% | copy(ext) med {statistics.median(ce):.3f} "
+        f"beats {beats} | slices {sum(r['slices'] for r in res)}"
+    )
 
 
 def main():
@@ -216,7 +221,9 @@ def main():
         if args.no_logistic:
             continue
         for tau in (0.3, 0.4, 0.5, 0.6, 0.7):
-            print(f"copy<={k:<4} {g:<6} tau {tau}: tune  " + summary(replay(tune, logistic_rule(names, w, b, tau), k, g)))
+            print(
+                f"copy<={k:<4} {g:<6} tau {tau}: tune  " + summary(replay(tune, logistic_rule(names, w, b, tau), k, g))
+            )
             for s, ch in reports:
                 print(f"{'':32s}{s[-30:]:>30s} " + summary(replay(ch, logistic_rule(names, w, b, tau), k, g)))
 

@@ -4,6 +4,7 @@
 Usage: scripts/sweep_table.py NAME=FILE.json [NAME=FILE.json ...] [--per-class]
 One table: a row per (parameter, value), a column pair per file (mean Dice whole volume / inside the true
 extent), the copy baseline last; with --per-class, also a table per file with each structure's Dice."""
+
 import json
 import sys
 
@@ -41,7 +42,11 @@ def main(argv):
             print("|" + "---|" * (2 + len(labels)))
             for r in j["sweep"]:
                 print(f"| {r['key']} | {r['value']} | " + " | ".join(f"{c['dice']:.2f}" for c in r["classes"]) + " |")
-            print("| copy | through the true extent | " + " | ".join(f"{c['dice_in_extent']:.2f}" for c in j["copy"]["classes"]) + " |")
+            print(
+                "| copy | through the true extent | "
+                + " | ".join(f"{c['dice_in_extent']:.2f}" for c in j["copy"]["classes"])
+                + " |"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ painted mask is copied up to k slices away and the model is used beyond (the hyb
 
 usage: trace_analysis.py TRACE.jsonl [...]
 """
+
 import bisect
 import json
 import math

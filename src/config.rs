@@ -58,7 +58,11 @@ impl InputNormalization {
         if s == "official" {
             return Ok(InputNormalization::Official);
         }
-        let bad = || DspnetError::ModelFormat(format!("unknown input_normalization '{s}' (expected 'official' or 'window:LOW:HIGH')"));
+        let bad = || {
+            DspnetError::ModelFormat(format!(
+                "unknown input_normalization '{s}' (expected 'official' or 'window:LOW:HIGH')"
+            ))
+        };
         let rest = s.strip_prefix("window:").ok_or_else(bad)?;
         let (low, high) = rest.split_once(':').ok_or_else(bad)?;
         let low: f64 = low.parse().map_err(|_| bad())?;
@@ -172,8 +176,9 @@ impl ConvSpec {
     /// Its tensors (the convolution's, then the BatchNorm's) with their shapes.
     fn tensors(&self) -> impl Iterator<Item = (String, Vec<usize>)> + '_ {
         let c = self.shape[0];
-        std::iter::once((format!("{}.weight", self.name), self.shape.to_vec()))
-            .chain(["weight", "bias", "running_mean", "running_var"].map(|p| (format!("{}.{p}", self.batchnorm), vec![c])))
+        std::iter::once((format!("{}.weight", self.name), self.shape.to_vec())).chain(
+            ["weight", "bias", "running_mean", "running_var"].map(|p| (format!("{}.{p}", self.batchnorm), vec![c])),
+        )
     }
 }
 
@@ -207,7 +212,8 @@ impl BlockSpec {
             // Padding equal to the dilation keeps the grid.
             conv2: conv("conv2", "bn2", [width, width, 3, 3], stride, dilation, dilation),
             conv3: conv("conv3", "bn3", [out, width, 1, 1], 1, 0, 1),
-            downsample: (index == 0).then(|| conv("downsample.0", "downsample.1", [out, in_channels, 1, 1], stride, 0, 1)),
+            downsample: (index == 0)
+                .then(|| conv("downsample.0", "downsample.1", [out, in_channels, 1, 1], stride, 0, 1)),
         }
     }
 
@@ -242,7 +248,11 @@ impl ModelConfig {
         let mut in_channels = STEM_CHANNELS;
         for (layer, &n) in blocks.iter().enumerate().take(self.layers_used()) {
             for index in 0..n {
-                out.push(BlockSpec::new(layer, index, if index == 0 { in_channels } else { LAYERS[layer].width * EXPANSION }));
+                out.push(BlockSpec::new(
+                    layer,
+                    index,
+                    if index == 0 { in_channels } else { LAYERS[layer].width * EXPANSION },
+                ));
             }
             in_channels = LAYERS[layer].width * EXPANSION;
         }
@@ -336,7 +346,8 @@ mod tests {
         }
         assert_eq!(stride, 8);
         assert_eq!(channels, config.feature_source.channels());
-        let dilations = |layer: usize| blocks.iter().filter(|b| b.layer == layer).map(|b| b.conv2.dilation).collect::<Vec<_>>();
+        let dilations =
+            |layer: usize| blocks.iter().filter(|b| b.layer == layer).map(|b| b.conv2.dilation).collect::<Vec<_>>();
         assert_eq!(dilations(2)[..3], [1, 2, 2]);
         assert_eq!(dilations(3), [2, 4, 4]);
         let layer3_only = ModelConfig { feature_source: FeatureSource::Layer3, depth: 50, ..Default::default() };

@@ -130,9 +130,22 @@ fn c_abi_matches_rust_api_and_is_shareable() {
                     let mut o = unsafe { o.assume_init() };
                     o.extent = DSPNET_EXTENT_RANGE;
                     (o.extent_first, o.extent_last) = (1, 3);
-                    let volume = dspnet_volume_t { data: img.as_ptr().cast(), dtype: DSPNET_DTYPE_I16, dims: CROP, spacing: [1.0; 3] };
+                    let volume = dspnet_volume_t {
+                        data: img.as_ptr().cast(),
+                        dtype: DSPNET_DTYPE_I16,
+                        dims: CROP,
+                        spacing: [1.0; 3],
+                    };
                     let mut out = vec![0xffffu16; img.len()];
-                    let st = unsafe { dspnet_segment(handle_addr as *const dspnet_model_t, &volume, support.as_ptr(), out.as_mut_ptr(), &o) };
+                    let st = unsafe {
+                        dspnet_segment(
+                            handle_addr as *const dspnet_model_t,
+                            &volume,
+                            support.as_ptr(),
+                            out.as_mut_ptr(),
+                            &o,
+                        )
+                    };
                     assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
                     assert_eq!(message(), "");
                     out
@@ -145,8 +158,10 @@ fn c_abi_matches_rust_api_and_is_shareable() {
         assert!(r == &expected, "a thread's labels differ from the Rust API's");
     }
     // The propagation field selects the protocol as the Rust option does.
-    let independent = dspnet::volume::SegmentOptions { propagation: dspnet::volume::Propagation::Independent, ..opts.clone() };
-    let (expected_independent, _) = dspnet::volume::segment(&model, vref, &support, &independent, &mut |_, _| true).unwrap();
+    let independent =
+        dspnet::volume::SegmentOptions { propagation: dspnet::volume::Propagation::Independent, ..opts.clone() };
+    let (expected_independent, _) =
+        dspnet::volume::segment(&model, vref, &support, &independent, &mut |_, _| true).unwrap();
     let mut o = std::mem::MaybeUninit::uninit();
     unsafe { dspnet_segment_options_init(o.as_mut_ptr()) };
     let mut o = unsafe { o.assume_init() };
@@ -190,20 +205,32 @@ fn c_abi_matches_rust_api_and_is_shareable() {
     let misaligned = unsafe { base.add(8 - (base as usize) % 8 + 1) } as *mut dspnet_segment_options_t;
     unsafe { dspnet_segment_options_init(misaligned) };
     let copied = unsafe { misaligned.read_unaligned() };
-    assert_eq!((copied.struct_size, copied.slice_axis, copied.head.max_num_sp), (std::mem::size_of::<dspnet_segment_options_t>(), -1, 5));
+    assert_eq!(
+        (copied.struct_size, copied.slice_axis, copied.head.max_num_sp),
+        (std::mem::size_of::<dspnet_segment_options_t>(), -1, 5)
+    );
     let st = unsafe { dspnet_segment(handle, &volume, support.as_ptr(), out.as_mut_ptr(), misaligned) };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
     assert!(message().contains("options") && message().contains("not aligned"), "{}", message());
     let mut sbytes = vec![0u8; 2 * std::mem::size_of::<dspnet_segment_summary_t>() + 16];
     let sbase = sbytes.as_mut_ptr();
     let summary = unsafe { sbase.add(8 - (sbase as usize) % 8 + 4) } as *mut dspnet_segment_summary_t;
-    let st = unsafe { dspnet_segment_with_summary(handle, &volume, support.as_ptr(), out.as_mut_ptr(), std::ptr::null(), summary) };
+    let st = unsafe {
+        dspnet_segment_with_summary(handle, &volume, support.as_ptr(), out.as_mut_ptr(), std::ptr::null(), summary)
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
     assert!(message().contains("summary") && message().contains("not aligned"), "{}", message());
     let mut vbytes = vec![0u8; 2 * std::mem::size_of::<dspnet_volume_t>() + 16];
     let vbase = vbytes.as_mut_ptr();
     let image = unsafe { vbase.add(8 - (vbase as usize) % 8 + 2) } as *mut dspnet_volume_t;
-    unsafe { image.write_unaligned(dspnet_volume_t { data: img.as_ptr().cast(), dtype: DSPNET_DTYPE_I16, dims: CROP, spacing: [1.0; 3] }) };
+    unsafe {
+        image.write_unaligned(dspnet_volume_t {
+            data: img.as_ptr().cast(),
+            dtype: DSPNET_DTYPE_I16,
+            dims: CROP,
+            spacing: [1.0; 3],
+        })
+    };
     let st = unsafe { dspnet_segment(handle, image, support.as_ptr(), out.as_mut_ptr(), std::ptr::null()) };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
     assert!(message().contains("image") && message().contains("not aligned"), "{}", message());
@@ -222,24 +249,37 @@ fn segment_files_reads_segments_and_writes_atomically() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let weights = dir.join("w.safetensors");
-    dspnet::weights::write_synthetic(&weights, &dspnet::model::config::ModelConfig { depth: 50, ..Default::default() }, 1).unwrap();
+    dspnet::weights::write_synthetic(
+        &weights,
+        &dspnet::model::config::ModelConfig { depth: 50, ..Default::default() },
+        1,
+    )
+    .unwrap();
     let image_path = root().join("tests/data/ct-liver/image.nii.gz");
     let image = read_image(&image_path).unwrap();
     let truth = read_labels(&root().join("tests/data/ct-liver/labels.nii.gz")).unwrap();
     let [ni, nj, _] = image.geometry.dims;
-    let painted: Vec<u16> = truth.data.iter().enumerate().map(|(v, &l)| if v / (ni * nj) == 64 { l } else { 0 }).collect();
+    let painted: Vec<u16> =
+        truth.data.iter().enumerate().map(|(v, &l)| if v / (ni * nj) == 64 { l } else { 0 }).collect();
     let support_path = dir.join("support.nii.gz");
     write_labels(&support_path, &Volume::new(painted.clone(), truth.geometry.clone()).unwrap(), None).unwrap();
 
     let model = dspnet::model::Model::load(&weights, &candle_core::Device::Cpu).unwrap();
-    let opts = dspnet::volume::SegmentOptions { extent: dspnet::volume::ExtentMode::Range(62, 66), ..Default::default() };
-    let vref = dspnet::volume::VolumeRef { data: &image.data, dims: image.geometry.dims, spacing: image.geometry.spacing };
+    let opts =
+        dspnet::volume::SegmentOptions { extent: dspnet::volume::ExtentMode::Range(62, 66), ..Default::default() };
+    let vref =
+        dspnet::volume::VolumeRef { data: &image.data, dims: image.geometry.dims, spacing: image.geometry.spacing };
     let (expected, _) = dspnet::volume::segment(&model, vref, &painted, &opts, &mut |_, _| true).unwrap();
 
     let cpath = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
     let w = cpath(&weights);
     let mut handle = std::ptr::null_mut();
-    assert_eq!(unsafe { dspnet_model_load(w.as_ptr(), c"cpu".as_ptr(), &mut handle) }, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert_eq!(
+        unsafe { dspnet_model_load(w.as_ptr(), c"cpu".as_ptr(), &mut handle) },
+        dspnet_status_t::DSPNET_OK,
+        "{}",
+        message()
+    );
     let mut o = std::mem::MaybeUninit::uninit();
     unsafe { dspnet_segment_options_init(o.as_mut_ptr()) };
     let mut o = unsafe { o.assume_init() };
@@ -262,19 +302,31 @@ fn segment_files_reads_segments_and_writes_atomically() {
     let other = dir.join("other.nii.gz");
     let other_c = cpath(&other);
     let bad_ext = cpath(&dir.join("out.png"));
-    let st = unsafe { dspnet_segment_files(handle, std::ptr::null(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    let st = unsafe {
+        dspnet_segment_files(handle, std::ptr::null(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut())
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
     assert!(message().contains("image_path"), "{}", message());
-    let st = unsafe { dspnet_segment_files(handle, img_c.as_ptr(), c"".as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    let st = unsafe {
+        dspnet_segment_files(handle, img_c.as_ptr(), c"".as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut())
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
     assert!(message().contains("support_path is empty"), "{}", message());
-    let st = unsafe { dspnet_segment_files(handle, missing.as_ptr(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut()) };
+    let st = unsafe {
+        dspnet_segment_files(handle, missing.as_ptr(), sup_c.as_ptr(), other_c.as_ptr(), &o, std::ptr::null_mut())
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_IO);
     assert!(message().contains("missing.nii.gz"), "{}", message());
-    let st = unsafe { dspnet_segment_files(handle, img_c.as_ptr(), sup_c.as_ptr(), bad_ext.as_ptr(), &o, std::ptr::null_mut()) };
+    let st = unsafe {
+        dspnet_segment_files(handle, img_c.as_ptr(), sup_c.as_ptr(), bad_ext.as_ptr(), &o, std::ptr::null_mut())
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT, "{}", message());
     assert!(!other.exists() && !dir.join("out.png").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     unsafe { dspnet_model_free(handle) };
     let _ = std::fs::remove_dir_all(&dir);

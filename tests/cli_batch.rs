@@ -65,7 +65,21 @@ fn failures_are_isolated_and_a_rerun_skips_what_is_done() {
     // Same labels as `dspnet segment` with the same options.
     for (case, out) in [(&cases[0], "out/a.nii.gz"), (&cases[1], "out/b.nrrd"), (&cases[2], "out/c.nii.gz")] {
         let single = case.dir.join("single.nii.gz");
-        let s = dspnet(args!["segment", case.image, "--support", case.support, "-o", single, "--weights", weights(), "--device", "cpu", "--quiet", "--extent", "1:6"]);
+        let s = dspnet(args![
+            "segment",
+            case.image,
+            "--support",
+            case.support,
+            "-o",
+            single,
+            "--weights",
+            weights(),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--extent",
+            "1:6"
+        ]);
         assert!(s.status.success(), "{}", stderr(&s));
         assert_eq!(read_labels(&dir.join(out)).unwrap().data, read_labels(&single).unwrap().data, "{out}");
     }
@@ -75,7 +89,11 @@ fn failures_are_isolated_and_a_rerun_skips_what_is_done() {
     let o = batch(&m, &["--report", report.to_str().unwrap()]);
     assert!(!o.status.success());
     assert_eq!(report_statuses(&report), ["skipped", "failed", "skipped", "failed", "skipped"]);
-    assert_eq!(std::fs::metadata(dir.join("out/a.nii.gz")).unwrap().modified().unwrap(), before, "a done study was redone");
+    assert_eq!(
+        std::fs::metadata(dir.join("out/a.nii.gz")).unwrap().modified().unwrap(),
+        before,
+        "a done study was redone"
+    );
     let fixed = manifest(&dir, &[rows[0].clone(), rows[2].clone(), rows[4].clone()]);
     let json = dir.join("report.json");
     let o = batch(&fixed, &["--report", json.to_str().unwrap()]);
@@ -177,6 +195,10 @@ fn a_killed_run_loses_nothing_finished_and_resumes() {
     for (i, st) in statuses.iter().enumerate() {
         assert_eq!(st == "skipped", done.contains(&i), "study {i}: {st}");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(dir.join("out")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

@@ -10,7 +10,19 @@ use std::process::Command;
 fn eval_one_slice_and_alpnet_report_dice_per_class() {
     let case = ct_case("eval", 3);
     let png = case.dir.join("p.png");
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--preview", png]);
+    let o = dspnet(args![
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--extent",
+        "all",
+        "--json",
+        "--preview",
+        png
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["protocol"], "one-slice");
@@ -23,7 +35,17 @@ fn eval_one_slice_and_alpnet_report_dice_per_class() {
     assert_eq!(c["slices_processed"], 7);
     assert!(png.exists());
 
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--protocol", "alpnet", "--json"]);
+    let o = dspnet(args![
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--protocol",
+        "alpnet",
+        "--json"
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let c = &j["classes"][0];
@@ -38,7 +60,11 @@ fn baselines_run_without_a_model() {
     let case = ct_case("baselines", 3);
     // No --weights and a default-model path that does not exist: the baselines must not look for one.
     let run = |args: Vec<std::ffi::OsString>| {
-        Command::new(env!("CARGO_BIN_EXE_dspnet")).args(args).env("DSPNET_WEIGHTS", case.dir.join("absent.safetensors")).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_dspnet"))
+            .args(args)
+            .env("DSPNET_WEIGHTS", case.dir.join("absent.safetensors"))
+            .output()
+            .unwrap()
     };
     for method in ["copy", "threshold"] {
         let o = run(args!["eval", case.image, "--labels", case.gt, "--method", method, "--json"]);
@@ -64,7 +90,18 @@ fn baselines_run_without_a_model() {
     write_f32_nrrd(&narrow, &crop(&img, [0, 0, 0], [80, 96, 8]));
     dspnet::io::write_labels(&narrow_gt, &crop(&gt, [0, 0, 0], [80, 96, 8]), None).unwrap();
     let o = run(args![
-        "eval", case.image, "--labels", case.gt, "--method", "copy", "--protocol", "alpnet", "--support-image", narrow, "--support-labels", narrow_gt
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--method",
+        "copy",
+        "--protocol",
+        "alpnet",
+        "--support-image",
+        narrow,
+        "--support-labels",
+        narrow_gt
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("same in-plane grid"), "{}", stderr(&o));
@@ -81,12 +118,26 @@ fn mri_deep_grey_two_classes() {
     let lab = crop(&read_labels(&data("mri-brain-aal/labels.nii.gz")).unwrap(), [0, 0, 48], [100, 120, 54]);
     let plane = 100 * 120;
     // Thalamus L (77) and R (78) painted on crop slice 2 only.
-    let sup: Vec<u16> = lab.data.iter().enumerate().map(|(v, &l)| if v / plane == 2 && (l == 77 || l == 78) { l } else { 0 }).collect();
-    assert!(sup.iter().any(|&l| l == 77) && sup.iter().any(|&l| l == 78));
+    let sup: Vec<u16> =
+        lab.data.iter().enumerate().map(|(v, &l)| if v / plane == 2 && (l == 77 || l == 78) { l } else { 0 }).collect();
+    assert!(sup.contains(&77) && sup.contains(&78));
     let (image, support, out) = (dir.join("t1.nrrd"), dir.join("sup.nii.gz"), dir.join("out.seg.nrrd"));
     write_f32_nrrd(&image, &img);
     dspnet::io::write_labels(&support, &Volume::new(sup.clone(), lab.geometry.clone()).unwrap(), None).unwrap();
-    let o = dspnet(args!["segment", image, "--support", support, "-o", out, "--weights", weights(), "--extent", "all", "--modality", "mri"]);
+    let o = dspnet(args![
+        "segment",
+        image,
+        "--support",
+        support,
+        "-o",
+        out,
+        "--weights",
+        weights(),
+        "--extent",
+        "all",
+        "--modality",
+        "mri"
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let summary = stderr(&o);
     assert!(summary.contains("classes [77, 78]") && summary.contains("10 slices processed"), "{summary}");
@@ -115,7 +166,19 @@ fn dicom_series_folder_as_input() {
     dspnet::io::write_labels(&support, &Volume::new(sup, img.geometry.clone()).unwrap(), None).unwrap();
     let out = dir.join("out.nii.gz");
     let range = format!("{}:{}", k0 - 1, k0 + 1);
-    let o = dspnet(args!["segment", series, "--support", support, "-o", out, "--weights", weights(), "--extent", range, "--quiet"]);
+    let o = dspnet(args![
+        "segment",
+        series,
+        "--support",
+        support,
+        "-o",
+        out,
+        "--weights",
+        weights(),
+        "--extent",
+        range,
+        "--quiet"
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let res = read_labels(&out).unwrap();
     // Oblique DICOM geometry survives NIfTI's float32 affine to ~1e-5 mm.
@@ -125,7 +188,18 @@ fn dicom_series_folder_as_input() {
 #[test]
 fn eval_compare_reports_memory_independent_and_copy_side_by_side() {
     let case = ct_case("compare", 3);
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--compare", "--json"]);
+    let o = dspnet(args![
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--extent",
+        "all",
+        "--compare",
+        "--json"
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for method in ["memory", "independent", "copy"] {
@@ -148,11 +222,32 @@ fn eval_compare_reports_memory_independent_and_copy_side_by_side() {
     let single: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(single["classes"][0]["dice"], j["compare"]["copy"]["classes"][0]["dice"]);
     // The table form names the three methods; --compare is for one-slice only.
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--compare"]);
+    let o =
+        dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--compare"]);
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(table.contains("memory") && table.contains("independent") && table.contains("copy") && table.contains("ends<=3"), "{table}");
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--protocol", "alpnet", "--compare"]);
-    assert!(!o.status.success() && stderr(&o).contains("--compare applies to --protocol one-slice only"), "{}", stderr(&o));
+    assert!(
+        table.contains("memory")
+            && table.contains("independent")
+            && table.contains("copy")
+            && table.contains("ends<=3"),
+        "{table}"
+    );
+    let o = dspnet(args![
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--protocol",
+        "alpnet",
+        "--compare"
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--compare applies to --protocol one-slice only"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -160,15 +255,32 @@ fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
     let case = ct_case("sweep", 3);
     // No copy zone: on this 3-slice case it would cover every slice and hide what the head does.
     let o = dspnet(args![
-        "eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--copy-tolerance", "0",
-        "--sweep", "bg_thresh=0.5,0.95", "--sweep", "w1_w2_w3=0:1:0"
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--extent",
+        "all",
+        "--json",
+        "--copy-tolerance",
+        "0",
+        "--sweep",
+        "bg_thresh=0.5,0.95",
+        "--sweep",
+        "w1_w2_w3=0:1:0"
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = j["sweep"].as_array().unwrap();
-    let names: Vec<(String, String)> = rows.iter().map(|r| (r["key"].as_str().unwrap().into(), r["value"].as_str().unwrap().into())).collect();
+    let names: Vec<(String, String)> =
+        rows.iter().map(|r| (r["key"].as_str().unwrap().into(), r["value"].as_str().unwrap().into())).collect();
     let expected: Vec<(String, String)> =
-        [("as given", "defaults"), ("bg_thresh", "0.5"), ("bg_thresh", "0.95"), ("w1_w2_w3", "0:1:0")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        [("as given", "defaults"), ("bg_thresh", "0.5"), ("bg_thresh", "0.95"), ("w1_w2_w3", "0:1:0")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     assert_eq!(names, expected);
     assert_eq!(j["head"]["avg_sp_area"], "100");
     assert_eq!(j["propagation"], "memory");
@@ -176,7 +288,21 @@ fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
     assert_eq!(rows[0]["classes"][0]["dice"], rows[2]["classes"][0]["dice"]);
     // Each swept row is what a direct run with --head gives (reusing encoded slices changes nothing).
     for (row, head) in [(&rows[1], "bg_thresh=0.5"), (&rows[3], "w1_w2_w3=0:1:0")] {
-        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--json", "--copy-tolerance", "0", "--head", head]);
+        let o = dspnet(args![
+            "eval",
+            case.image,
+            "--labels",
+            case.gt,
+            "--weights",
+            weights(),
+            "--extent",
+            "all",
+            "--json",
+            "--copy-tolerance",
+            "0",
+            "--head",
+            head
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let direct: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(row["classes"][0]["dice"], direct["classes"][0]["dice"], "{head}");
@@ -184,12 +310,39 @@ fn eval_sweep_rescores_each_head_value_as_a_direct_run_would() {
     assert_ne!(rows[0]["classes"][0]["dice"], rows[1]["classes"][0]["dice"], "bg_thresh 0.5 must change this result");
     // The copy baseline comes with it; the table names every row.
     assert!(j["copy"]["classes"][0]["dice"].as_f64().is_some());
-    let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", weights(), "--extent", "all", "--sweep", "n_iter=1,10"]);
+    let o = dspnet(args![
+        "eval",
+        case.image,
+        "--labels",
+        case.gt,
+        "--weights",
+        weights(),
+        "--extent",
+        "all",
+        "--sweep",
+        "n_iter=1,10"
+    ]);
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success() && table.contains("n_iter") && table.contains("as given") && table.contains("(baseline)"), "{table}");
+    assert!(
+        o.status.success() && table.contains("n_iter") && table.contains("as given") && table.contains("(baseline)"),
+        "{table}"
+    );
     // Bad keys and values fail at parse time, naming them, before any model is loaded.
-    for (flag, bad, needle) in [("--sweep", "max_seeds=1,2", "unknown head option 'max_seeds'"), ("--sweep", "val_wsize=2,3", "val_wsize=3"), ("--head", "fg_thresh=2", "fg_thresh=2: expected 0 to 1")] {
-        let o = dspnet(args!["eval", case.image, "--labels", case.gt, "--weights", case.dir.join("absent.safetensors"), flag, bad]);
+    for (flag, bad, needle) in [
+        ("--sweep", "max_seeds=1,2", "unknown head option 'max_seeds'"),
+        ("--sweep", "val_wsize=2,3", "val_wsize=3"),
+        ("--head", "fg_thresh=2", "fg_thresh=2: expected 0 to 1"),
+    ] {
+        let o = dspnet(args![
+            "eval",
+            case.image,
+            "--labels",
+            case.gt,
+            "--weights",
+            case.dir.join("absent.safetensors"),
+            flag,
+            bad
+        ]);
         assert!(!o.status.success() && stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
     }
 }

@@ -8,7 +8,19 @@ use common::*;
 use dspnet::io::{read_image, read_labels};
 
 fn segment(case: &Case, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    let mut a = args!["segment", case.image, "--support", case.support, "-o", out, "--weights", weights(), "--device", "cpu", "--quiet"];
+    let mut a = args![
+        "segment",
+        case.image,
+        "--support",
+        case.support,
+        "-o",
+        out,
+        "--weights",
+        weights(),
+        "--device",
+        "cpu",
+        "--quiet"
+    ];
     a.extend(extra.iter().map(std::ffi::OsString::from));
     dspnet(a)
 }
@@ -28,7 +40,7 @@ fn output_has_input_geometry_and_keeps_support_slice() {
     assert_eq!(slice(&res.data, 3), slice(&sup.data, 3), "support slice must be kept untouched");
     // Every other slice was processed and holds a prediction (synthetic weights lean to foreground).
     for k in (0..nk).filter(|&k| k != 3) {
-        assert!(slice(&res.data, k).iter().any(|&l| l == 1), "slice {k} has no prediction");
+        assert!(slice(&res.data, k).contains(&1), "slice {k} has no prediction");
         assert!(slice(&res.data, k).iter().all(|&l| l <= 1));
     }
 }
@@ -57,14 +69,22 @@ fn failed_run_leaves_existing_output_untouched() {
     std::fs::write(&out, b"precious").unwrap();
     // A support on another grid is refused before anything is written.
     let other = read_labels(&case.support).unwrap();
-    let shifted = dspnet::io::Volume::new(other.data.clone(), dspnet::io::Geometry { origin: [0.0, 0.0, 0.0], ..other.geometry.clone() }).unwrap();
+    let shifted = dspnet::io::Volume::new(
+        other.data.clone(),
+        dspnet::io::Geometry { origin: [0.0, 0.0, 0.0], ..other.geometry.clone() },
+    )
+    .unwrap();
     let wrong = case.dir.join("wrong-grid.nrrd");
     dspnet::io::write_labels(&wrong, &shifted, None).unwrap();
     let o = dspnet(args!["segment", case.image, "--support", wrong, "-o", out, "--weights", weights(), "--quiet"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not on the grid"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    let leftovers: Vec<_> = std::fs::read_dir(&case.dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&case.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -95,7 +115,17 @@ fn user_errors_are_named() {
     // Labels painted on k, axis i requested.
     assert!(run(&case.support, &["--axis", "i"]).contains("painted along k"));
     // A missing weight file, and the CUDA backend in a CPU build.
-    let o = dspnet(args!["segment", case.image, "--support", case.support, "-o", out, "--weights", case.dir.join("none.safetensors"), "--quiet"]);
+    let o = dspnet(args![
+        "segment",
+        case.image,
+        "--support",
+        case.support,
+        "-o",
+        out,
+        "--weights",
+        case.dir.join("none.safetensors"),
+        "--quiet"
+    ]);
     assert!(stderr(&o).contains("none.safetensors"), "{}", stderr(&o));
     if !cfg!(feature = "cuda") {
         assert!(run(&case.support, &["--device", "cuda"]).contains("without CUDA"));
@@ -109,7 +139,15 @@ fn user_errors_are_named() {
     assert!(stderr(&o).contains("NaN") || stderr(&o).contains("non-finite"), "{}", stderr(&o));
     // A volume too large for the memory budget is refused before the work starts.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet"))
-        .args(["segment".as_ref(), case.image.as_os_str(), "--support".as_ref(), case.support.as_os_str(), "-o".as_ref(), out.as_os_str(), "--quiet".as_ref()])
+        .args([
+            "segment".as_ref(),
+            case.image.as_os_str(),
+            "--support".as_ref(),
+            case.support.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--quiet".as_ref(),
+        ])
         .env("DSPNET_MEMORY_LIMIT_MB", "0")
         .output()
         .unwrap();
@@ -136,9 +174,31 @@ fn preview_png_is_written() {
 fn a_huge_memory_limit_does_not_wrap() {
     let case = ct_case("memory-limit", 3);
     let out = case.dir.join("out.nrrd");
-    let a = args!["segment", case.image, "--support", case.support, "-o", out, "--weights", weights(), "--device", "cpu", "--quiet", "--extent", "3:3"];
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet")).args(&a).env("DSPNET_MEMORY_LIMIT_MB", "17592186044416").output().unwrap();
+    let a = args![
+        "segment",
+        case.image,
+        "--support",
+        case.support,
+        "-o",
+        out,
+        "--weights",
+        weights(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--extent",
+        "3:3"
+    ];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet"))
+        .args(&a)
+        .env("DSPNET_MEMORY_LIMIT_MB", "17592186044416")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet")).args(&a).env("DSPNET_MEMORY_LIMIT_MB", "0").output().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet"))
+        .args(&a)
+        .env("DSPNET_MEMORY_LIMIT_MB", "0")
+        .output()
+        .unwrap();
     assert!(!o.status.success() && stderr(&o).contains("DSPNET_MEMORY_LIMIT_MB"), "{}", stderr(&o));
 }

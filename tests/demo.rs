@@ -16,7 +16,14 @@ fn demo_with_the_default_model_reaches_its_dice_floor() {
     let png = dir.join("demo-preview.png");
     // Exactly the README's arguments (plus --json), resolved from the source tree's weights/ folder.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dspnet"))
-        .args(["eval", "tests/data/ct-liver/image.nii.gz", "--labels", "tests/data/ct-liver/labels.nii.gz", "--json", "--preview"])
+        .args([
+            "eval",
+            "tests/data/ct-liver/image.nii.gz",
+            "--labels",
+            "tests/data/ct-liver/labels.nii.gz",
+            "--json",
+            "--preview",
+        ])
         .arg(&png)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("DSPNET_WEIGHTS")

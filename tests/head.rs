@@ -19,15 +19,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
 
-
 /// Small deterministic features [c, h, w] in [-1, 1).
 fn small_features(c: usize, h: usize, w: usize, salt: u64) -> Vec<f32> {
     let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
     (0..c * h * w)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -89,21 +86,12 @@ fn error_paths() {
     let other = Tensor::zeros((16, 8, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(ep.score(&other), Err(DspnetError::Shape(_))));
     // Calibration of the wrong size.
-    let bad_cal = HeadOptions {
-        calibration: Some(vec![0.0; 15 * 15]),
-        ..HeadOptions::default()
-    };
+    let bad_cal = HeadOptions { calibration: Some(vec![0.0; 15 * 15]), ..HeadOptions::default() };
     let r = SupportEpisode::new(&fs, &mask, 64, 64, &bad_cal);
     assert!(matches!(r, Err(DspnetError::Shape(_))), "{r:?}");
     // Logits helpers.
-    assert!(matches!(
-        labels_from_logits(&fs),
-        Err(DspnetError::Shape(_))
-    ));
-    assert!(matches!(
-        upsample_logits(&fs.flatten_all().unwrap(), 4, 4),
-        Err(DspnetError::Shape(_))
-    ));
+    assert!(matches!(labels_from_logits(&fs), Err(DspnetError::Shape(_))));
+    assert!(matches!(upsample_logits(&fs.flatten_all().unwrap(), 4, 4), Err(DspnetError::Shape(_))));
 }
 
 fn blob_seeds_episode(opts: &HeadOptions) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -116,11 +104,7 @@ fn blob_seeds_episode(opts: &HeadOptions) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(ep.fg_mode(), ForegroundMode::GridConvPlus);
     let (scores, tr) = ep.score_traced(&fq).unwrap();
     let s = to_vec(&scores).unwrap();
-    (
-        s[..1024].to_vec(),
-        s[1024..].to_vec(),
-        to_vec(&tr.p_g).unwrap(),
-    )
+    (s[..1024].to_vec(), s[1024..].to_vec(), to_vec(&tr.p_g).unwrap())
 }
 
 #[test]
@@ -139,10 +123,7 @@ fn calibration_override_and_alphas() {
         cal[r * c + r] = 0.8;
         cal[r * c + r + 1] = 0.3;
     }
-    let explicit = HeadOptions {
-        calibration: Some(cal.clone()),
-        ..HeadOptions::default()
-    };
+    let explicit = HeadOptions { calibration: Some(cal.clone()), ..HeadOptions::default() };
     let (bg1, fg1, _) = blob_seeds_episode(&explicit);
     assert_eq!(bg0, bg1);
     assert_eq!(fg0, fg1);
@@ -151,33 +132,18 @@ fn calibration_override_and_alphas() {
     cal[10 * c + 11] = 0.9;
     cal[100 * c + 100] = 0.1;
     cal[200 * c + 3] = 0.5;
-    let changed = HeadOptions {
-        calibration: Some(cal),
-        ..HeadOptions::default()
-    };
+    let changed = HeadOptions { calibration: Some(cal), ..HeadOptions::default() };
     let (bg2, fg2, pg2) = blob_seeds_episode(&changed);
-    assert!(
-        compare(&bg2, &bg0).unwrap().1 > 1e-4,
-        "bg scores unchanged by cal"
-    );
-    assert!(
-        compare(&fg2, &fg0).unwrap().1 > 1e-4,
-        "fg scores unchanged by cal"
-    );
+    assert!(compare(&bg2, &bg0).unwrap().1 > 1e-4, "bg scores unchanged by cal");
+    assert!(compare(&fg2, &fg0).unwrap().1 > 1e-4, "fg scores unchanged by cal");
     assert_eq!(pg2, pg0, "p_g does not go through BCMA");
 
     // alpha_fg only touches the fg-local path, alpha_bg only the bg path.
-    let fg_alpha = HeadOptions {
-        alpha_fg: 0.3,
-        ..HeadOptions::default()
-    };
+    let fg_alpha = HeadOptions { alpha_fg: 0.3, ..HeadOptions::default() };
     let (bg3, fg3, _) = blob_seeds_episode(&fg_alpha);
     assert_eq!(bg3, bg0);
     assert!(compare(&fg3, &fg0).unwrap().1 > 1e-5);
-    let bg_alpha = HeadOptions {
-        alpha_bg: 0.3,
-        ..HeadOptions::default()
-    };
+    let bg_alpha = HeadOptions { alpha_bg: 0.3, ..HeadOptions::default() };
     let (bg4, fg4, _) = blob_seeds_episode(&bg_alpha);
     assert_eq!(fg4, fg0);
     assert!(compare(&bg4, &bg0).unwrap().1 > 1e-5);

@@ -30,7 +30,10 @@ fn inflated_checkpoint(w: &ModelWeights) -> Vec<(String, Tensor)> {
         out.push((format!("module.{rest}"), t));
     }
     out.push(("module.fc.weight".into(), Tensor::zeros((10, 2048), DType::F32, &Device::Cpu).unwrap()));
-    out.push(("module.layer4.0.conv1.weight".into(), Tensor::zeros((512, 1024, 1, 1, 1), DType::F32, &Device::Cpu).unwrap()));
+    out.push((
+        "module.layer4.0.conv1.weight".into(),
+        Tensor::zeros((512, 1024, 1, 1, 1), DType::F32, &Device::Cpu).unwrap(),
+    ));
     out
 }
 
@@ -73,12 +76,13 @@ fn inflated_kernels_reduce_to_the_2d_network() {
     // The centre tap is half the kernel.
     let (centre, _) = import_tensors(ckpt, &options(DepthReduce::Centre), "test.pth").unwrap();
     let name = "backbone.layer1.0.conv2.weight";
-    let ratio = (centre.tensors[name].to_dtype(DType::F32).unwrap() / imported.tensors[name].to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let ratio = (centre.tensors[name].to_dtype(DType::F32).unwrap()
+        / imported.tensors[name].to_dtype(DType::F32).unwrap())
+    .unwrap()
+    .flatten_all()
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap();
     assert!(ratio.iter().filter(|r| r.is_finite()).all(|r| (r - 0.5).abs() < 1e-2), "centre tap / sum");
 }
 
@@ -86,7 +90,8 @@ fn inflated_kernels_reduce_to_the_2d_network() {
 fn imported_model_gives_the_stage_features_and_fit_projection_centres_them() {
     let dir = tempdir("import");
     let original = weights::synthetic_weights(&small_config(), 1).unwrap();
-    let (imported, report) = import_tensors(inflated_checkpoint(&original), &options(DepthReduce::Sum), "test.pth").unwrap();
+    let (imported, report) =
+        import_tensors(inflated_checkpoint(&original), &options(DepthReduce::Sum), "test.pth").unwrap();
     let base = dir.join("base.safetensors");
     weights::save_safetensors_mixed(&base, &report.config, &imported.tensors, &imported.metadata).unwrap();
 
@@ -106,7 +111,20 @@ fn imported_model_gives_the_stage_features_and_fit_projection_centres_them() {
 
     // fit-projection: 16 principal components with a centring bias; kernels stay f16.
     let out = dir.join("fitted.safetensors");
-    let o = dspnet(args!["fit-projection", "--weights", base, case.image, "--channels", "16", "--slices-per-volume", "4", "--device", "cpu", "-o", out]);
+    let o = dspnet(args![
+        "fit-projection",
+        "--weights",
+        base,
+        case.image,
+        "--channels",
+        "16",
+        "--slices-per-volume",
+        "4",
+        "--device",
+        "cpu",
+        "-o",
+        out
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let fitted = weights::load_safetensors(&out).unwrap();
     assert_eq!(fitted.config.feature_channels, 16);
@@ -118,14 +136,29 @@ fn imported_model_gives_the_stage_features_and_fit_projection_centres_them() {
     // Rows are orthonormal.
     let p = fitted.tensors["projection.weight"].reshape((16, 1024)).unwrap();
     let gram = p.matmul(&p.t().unwrap()).unwrap();
-    let off = (gram - Tensor::eye(16, DType::F32, &Device::Cpu).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let off = (gram - Tensor::eye(16, DType::F32, &Device::Cpu).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(off < 1e-3, "projection rows not orthonormal: {off}");
     // A constant model input has one feature vector everywhere but the borders; the fitted projection
     // must move features from the fit slices to a zero mean, which the bias does: check on those slices.
     let img = dspnet::io::read_image(&case.image).unwrap();
     let g = &img.geometry;
     let fitted_model = Model::load(&out, &Device::Cpu).unwrap();
-    let vol = dspnet::volume::PreparedVolume::new(&fitted_model, dspnet::volume::VolumeRef { data: &img.data, dims: g.dims, spacing: g.spacing }, 2, dspnet::volume::ModalityChoice::Auto).unwrap();
+    let vol = dspnet::volume::PreparedVolume::new(
+        &fitted_model,
+        dspnet::volume::VolumeRef { data: &img.data, dims: g.dims, spacing: g.spacing },
+        2,
+        dspnet::volume::ModalityChoice::Auto,
+    )
+    .unwrap();
     let frame = vol.frame(None).unwrap();
     let n = vol.slices();
     let mut sum = vec![0f64; 16];
@@ -135,8 +168,19 @@ fn imported_model_gives_the_stage_features_and_fit_projection_centres_them() {
         let f = vol.encode(&fitted_model, z, &frame).unwrap().mean((1, 2)).unwrap().to_vec1::<f32>().unwrap();
         sum.iter_mut().zip(f).for_each(|(a, b)| *a += b as f64 / picks as f64);
     }
-    let spread = fitted_model.encode(&Tensor::rand(0f32, 1f32, (1, 1, 256, 256), &Device::Cpu).unwrap()).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(sum.iter().all(|m| m.abs() < 1e-2 * spread as f64 + 1e-4), "fitted features are not centred: {sum:?} (typical magnitude {spread})");
+    let spread = fitted_model
+        .encode(&Tensor::rand(0f32, 1f32, (1, 1, 256, 256), &Device::Cpu).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        sum.iter().all(|m| m.abs() < 1e-2 * spread as f64 + 1e-4),
+        "fitted features are not centred: {sum:?} (typical magnitude {spread})"
+    );
 }
 
 /// A backbone trained on transposed slices: the model transposes its input and its features back, so
@@ -152,7 +196,8 @@ fn transposed_slices_are_transposed_inside_the_model() {
     let expected = plain.encode(&x.transpose(2, 3).unwrap().contiguous().unwrap()).unwrap().transpose(2, 3).unwrap();
     let got = transposed.encode(&x).unwrap();
     assert_eq!(got.dims(), &[1, plain.config().feature_channels, 8, 6]);
-    let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff =
+        (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(diff, 0.0);
     // And the flag survives a round trip through the file's metadata.
     assert_eq!(transposed.config().to_metadata()["transpose_slices"], "true");

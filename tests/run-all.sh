@@ -11,8 +11,10 @@ bash scripts/install-test-deps.sh || { echo "could not install the test tools"; 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+echo "== Code style and structure (rustfmt, ruff format, clippy -D warnings, a library without the CLI)"
+bash tests/style.sh 2>&1 | tee -a "$log" || status=1
 echo "== Rust test suites (cargo test --release)"
-cargo test --release 2>&1 | tee -a "$log" || status=1
+cargo test --release --no-fail-fast 2>&1 | tee -a "$log" || status=1
 echo "== C ABI, C++ header, CMake package and consumers (tests/capi/run.sh)"
 bash tests/capi/run.sh 2>&1 | tee -a "$log" || status=1
 echo "== 3D Slicer extension on slicer-core (tests/slicer/run.sh)"

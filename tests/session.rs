@@ -79,7 +79,10 @@ fn a_correction_reuses_every_encoded_slice_and_matches_a_fresh_run() {
             assert_eq!(s.stats().chains_replayed - replayed, 2);
         }
         assert!(s.stats().reused > reused);
-        assert!(second == one_shot(&img, &corrected, &opts).0, "{propagation:?}: corrected run differs from a fresh run");
+        assert!(
+            second == one_shot(&img, &corrected, &opts).0,
+            "{propagation:?}: corrected run differs from a fresh run"
+        );
         assert!(second != first, "the correction changed nothing: the test would not see stale features");
     }
 }
@@ -92,7 +95,8 @@ fn replayed_chains_under_the_automatic_extent_match_fresh_runs() {
     // Permissive stop rules so that the synthetic model's chains stop somewhere inside the volume.
     let mut opts = SegmentOptions::default();
     opts.memory.presence_threshold = 0.2;
-    let supports = [support.clone(), only_slices(&gt.data, dims, &[5, 1]), support.clone(), only_slices(&gt.data, dims, &[5, 9])];
+    let supports =
+        [support.clone(), only_slices(&gt.data, dims, &[5, 1]), support.clone(), only_slices(&gt.data, dims, &[5, 9])];
     for (i, sup) in supports.iter().enumerate() {
         let (out, summary) = s.segment(model(), sup, &opts, &mut |_, _| true).unwrap();
         let (expected, expected_summary) = one_shot(&img, sup, &opts);
@@ -103,7 +107,10 @@ fn replayed_chains_under_the_automatic_extent_match_fresh_runs() {
     assert!(s.stats().chains_replayed >= 2, "{:?}", s.stats());
     // Other settings are not replayed from a record made under different ones.
     let before = s.stats().chains_replayed;
-    let strict = SegmentOptions { memory: dspnet::volume::MemoryOptions { presence_threshold: 0.9, ..opts.memory.clone() }, ..opts.clone() };
+    let strict = SegmentOptions {
+        memory: dspnet::volume::MemoryOptions { presence_threshold: 0.9, ..opts.memory.clone() },
+        ..opts.clone()
+    };
     let (out, _) = s.segment(model(), &support, &strict, &mut |_, _| true).unwrap();
     assert_eq!(s.stats().chains_replayed, before);
     assert!(out == one_shot(&img, &support, &strict).0);
@@ -119,7 +126,8 @@ fn a_cache_does_not_reuse_features_across_spacings() {
     let first = VolumeRef { data: &img.data, dims, spacing: img.geometry.spacing };
     dspnet::volume::segment_cached(model(), first, &support, &opts, &mut |_, _| true, &mut cache).unwrap();
     let corrected = VolumeRef { data: &img.data, dims, spacing: [0.45, 0.9, 2.5] };
-    let (out, _) = dspnet::volume::segment_cached(model(), corrected, &support, &opts, &mut |_, _| true, &mut cache).unwrap();
+    let (out, _) =
+        dspnet::volume::segment_cached(model(), corrected, &support, &opts, &mut |_, _| true, &mut cache).unwrap();
     let (fresh, _) = segment(model(), corrected, &support, &opts, &mut |_, _| true).unwrap();
     assert!(out == fresh, "stale features after a spacing change");
     assert_eq!(cache.stats().encoded, 2 * dims[2]);
@@ -187,12 +195,21 @@ fn bad_input_is_refused() {
     let mut nan = img.data.clone();
     nan[17] = f32::NAN;
     assert!(matches!(Session::new(model(), nan, dims, [1.0; 3], 0), Err(DspnetError::NonFinite(_))));
-    assert!(matches!(Session::new(model(), img.data.clone(), [dims[0], dims[1], dims[2] + 1], [1.0; 3], 0), Err(DspnetError::Shape(_))));
-    assert!(matches!(Session::new(model(), img.data.clone(), dims, [1.0, 0.0, 1.0], 0), Err(DspnetError::InvalidArgument(_))));
+    assert!(matches!(
+        Session::new(model(), img.data.clone(), [dims[0], dims[1], dims[2] + 1], [1.0; 3], 0),
+        Err(DspnetError::Shape(_))
+    ));
+    assert!(matches!(
+        Session::new(model(), img.data.clone(), dims, [1.0, 0.0, 1.0], 0),
+        Err(DspnetError::InvalidArgument(_))
+    ));
     let mut s = session(&img, 0);
     let e = s.segment(model(), &support[1..], &SegmentOptions::default(), &mut |_, _| true).err().unwrap();
     assert!(matches!(e, DspnetError::Shape(ref m) if m.contains("session")), "{e}");
-    assert!(matches!(s.segment(model(), &vec![0u16; support.len()], &SegmentOptions::default(), &mut |_, _| true), Err(DspnetError::EmptySupport { class: None, .. })));
+    assert!(matches!(
+        s.segment(model(), &vec![0u16; support.len()], &SegmentOptions::default(), &mut |_, _| true),
+        Err(DspnetError::EmptySupport { class: None, .. })
+    ));
 }
 
 // ---- C ABI ----
@@ -204,7 +221,12 @@ fn message() -> String {
 fn c_model() -> *mut dspnet_model_t {
     let path = std::ffi::CString::new(weights().to_str().unwrap()).unwrap();
     let mut m = std::ptr::null_mut();
-    assert_eq!(unsafe { dspnet_model_load(path.as_ptr(), c"cpu".as_ptr(), &mut m) }, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert_eq!(
+        unsafe { dspnet_model_load(path.as_ptr(), c"cpu".as_ptr(), &mut m) },
+        dspnet_status_t::DSPNET_OK,
+        "{}",
+        message()
+    );
     m
 }
 
@@ -217,7 +239,12 @@ fn c_options(extent: dspnet_extent_mode_t) -> dspnet_segment_options_t {
 }
 
 fn c_volume(img: &Volume<f32>) -> dspnet_volume_t {
-    dspnet_volume_t { data: img.data.as_ptr().cast(), dtype: DSPNET_DTYPE_F32, dims: img.geometry.dims, spacing: img.geometry.spacing }
+    dspnet_volume_t {
+        data: img.data.as_ptr().cast(),
+        dtype: DSPNET_DTYPE_F32,
+        dims: img.geometry.dims,
+        spacing: img.geometry.spacing,
+    }
 }
 
 fn empty_summary(confidence: &mut [f32]) -> dspnet_segment_summary_t {
@@ -238,7 +265,9 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     let mut expected = vec![0u16; support.len()];
     let mut conf_expected = vec![7.0f32; dims[2]];
     let mut sum_expected = empty_summary(&mut conf_expected);
-    let st = unsafe { dspnet_segment_with_summary(model, &volume, support.as_ptr(), expected.as_mut_ptr(), &o, &mut sum_expected) };
+    let st = unsafe {
+        dspnet_segment_with_summary(model, &volume, support.as_ptr(), expected.as_mut_ptr(), &o, &mut sum_expected)
+    };
     assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
     assert_eq!(sum_expected.num_slices, dims[2]);
     assert_eq!(conf_expected[5], -1.0, "the painted slice is not scored");
@@ -249,10 +278,14 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     unsafe { dspnet_session_options_init(so.as_mut_ptr()) };
     let so = unsafe { so.assume_init() };
     assert_eq!((so.struct_size, so.feature_budget_bytes), (std::mem::size_of::<dspnet_session_options_t>(), 0));
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, &so, &mut session) }, dspnet_status_t::DSPNET_OK, "{}", message());
-    // The session owns its model and image: both may go now.
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, &so, &mut session) },
+        dspnet_status_t::DSPNET_OK,
+        "{}",
+        message()
+    );
+    // The session owns its model (freed here) and a copy of the image (`image_bytes` below).
     unsafe { dspnet_model_free(model) };
-    drop(volume);
     let mut out = vec![0xffffu16; support.len()];
     let mut conf = vec![7.0f32; dims[2]];
     let mut sum = empty_summary(&mut conf);
@@ -260,7 +293,10 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     assert_eq!(st, dspnet_status_t::DSPNET_OK, "{}", message());
     assert!(out == expected, "the session's labels differ from dspnet_segment's");
     assert_eq!(conf, conf_expected);
-    assert_eq!((sum.num_suggested, sum.suggested_slices, sum.slices_processed), (sum_expected.num_suggested, sum_expected.suggested_slices, sum_expected.slices_processed));
+    assert_eq!(
+        (sum.num_suggested, sum.suggested_slices, sum.slices_processed),
+        (sum_expected.num_suggested, sum_expected.suggested_slices, sum_expected.slices_processed)
+    );
     assert_eq!(sum.struct_size, std::mem::size_of::<dspnet_segment_summary_t>());
 
     // A correction in the same buffer (support and output may be the same buffer).
@@ -268,12 +304,20 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     let mut info: dspnet_session_info_t = unsafe { std::mem::zeroed() };
     info.struct_size = std::mem::size_of::<dspnet_session_info_t>();
     assert_eq!(unsafe { dspnet_session_info(session, &mut info) }, dspnet_status_t::DSPNET_OK);
-    assert_eq!((info.dims, info.image_bytes, info.feature_budget_bytes), (dims, img.data.len() * 4, DSPNET_SESSION_DEFAULT_FEATURE_BUDGET));
+    assert_eq!(
+        (info.dims, info.image_bytes, info.feature_budget_bytes),
+        (dims, img.data.len() * 4, DSPNET_SESSION_DEFAULT_FEATURE_BUDGET)
+    );
     assert!(info.cached_slices > 0 && info.cached_bytes == info.cached_slices * slice_feature_bytes(model_ref()));
     let view = VolumeRef { data: &img.data, dims, spacing: img.geometry.spacing };
     let (fresh, _) = segment(model_ref(), view, &corrected, &SegmentOptions::default(), &mut |_, _| true).unwrap();
     let p = corrected.as_mut_ptr();
-    assert_eq!(unsafe { dspnet_session_segment(session, p, p, std::ptr::null()) }, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert_eq!(
+        unsafe { dspnet_session_segment(session, p, p, std::ptr::null()) },
+        dspnet_status_t::DSPNET_OK,
+        "{}",
+        message()
+    );
     assert!(corrected == fresh);
     let mut info2: dspnet_session_info_t = unsafe { std::mem::zeroed() };
     info2.struct_size = std::mem::size_of::<dspnet_session_info_t>();
@@ -287,10 +331,16 @@ fn c_sessions_match_dspnet_segment_and_survive_their_model() {
     assert_eq!(st, dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
     assert!(message().contains("session"), "{}", message());
     let empty = vec![0u16; support.len()];
-    assert_eq!(unsafe { dspnet_session_segment(session, empty.as_ptr(), untouched.as_mut_ptr(), &o) }, dspnet_status_t::DSPNET_ERROR_NO_SUPPORT);
+    assert_eq!(
+        unsafe { dspnet_session_segment(session, empty.as_ptr(), untouched.as_mut_ptr(), &o) },
+        dspnet_status_t::DSPNET_ERROR_NO_SUPPORT
+    );
     let mut bad = c_options(7);
     bad.struct_size = std::mem::size_of::<dspnet_segment_options_t>();
-    assert_eq!(unsafe { dspnet_session_segment(session, support.as_ptr(), untouched.as_mut_ptr(), &bad) }, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert_eq!(
+        unsafe { dspnet_session_segment(session, support.as_ptr(), untouched.as_mut_ptr(), &bad) },
+        dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT
+    );
     assert!(untouched.iter().all(|&l| l == 0xabcd));
 
     unsafe { dspnet_session_free(session) };
@@ -315,20 +365,39 @@ fn c_session_creation_errors() {
     unsafe { dspnet_session_options_init(so.as_mut_ptr()) };
     let mut so = unsafe { so.assume_init() };
     so.feature_budget_bytes = 1000;
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, &so, &mut session) }, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, &so, &mut session) },
+        dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT
+    );
     assert!(message().contains("smaller than one slice"), "{}", message());
     assert!(session.is_null(), "the out handle is NULL on failure");
     so.feature_budget_bytes = 0;
     so.struct_size = 8;
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, &so, &mut session) }, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT);
-    assert_eq!(unsafe { dspnet_session_create(model, std::ptr::null(), std::ptr::null(), &mut session) }, dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, std::ptr::null(), std::ptr::null_mut()) }, dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, &so, &mut session) },
+        dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        unsafe { dspnet_session_create(model, std::ptr::null(), std::ptr::null(), &mut session) },
+        dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, std::ptr::null(), std::ptr::null_mut()) },
+        dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT
+    );
     let mut nan = img.data.clone();
     nan[3] = f32::INFINITY;
     let nan_volume = dspnet_volume_t { data: nan.as_ptr().cast(), ..c_volume(&img) };
-    assert_eq!(unsafe { dspnet_session_create(model, &nan_volume, std::ptr::null(), &mut session) }, dspnet_status_t::DSPNET_ERROR_NON_FINITE);
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &nan_volume, std::ptr::null(), &mut session) },
+        dspnet_status_t::DSPNET_ERROR_NON_FINITE
+    );
     unsafe { dspnet_model_free(model) };
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, std::ptr::null(), &mut session) }, dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT, "a freed model");
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, std::ptr::null(), &mut session) },
+        dspnet_status_t::DSPNET_ERROR_INVALID_ARGUMENT,
+        "a freed model"
+    );
     assert!(message().contains("not a live model"), "{}", message());
 }
 
@@ -363,16 +432,31 @@ fn one_segmentation_at_a_time_per_session() {
     let model = c_model();
     let volume = c_volume(&img);
     let mut session = std::ptr::null_mut();
-    assert_eq!(unsafe { dspnet_session_create(model, &volume, std::ptr::null(), &mut session) }, dspnet_status_t::DSPNET_OK);
+    assert_eq!(
+        unsafe { dspnet_session_create(model, &volume, std::ptr::null(), &mut session) },
+        dspnet_status_t::DSPNET_OK
+    );
     let mut out = vec![0u16; support.len()];
     let mut inner_out = vec![0x5555u16; support.len()];
 
     // From its own progress callback: refused at once, the outer run goes on.
-    let mut r = Reentry { session, support: support.as_ptr(), out: inner_out.as_mut_ptr(), inner: None, entered: None, attempted: None };
+    let mut r = Reentry {
+        session,
+        support: support.as_ptr(),
+        out: inner_out.as_mut_ptr(),
+        inner: None,
+        entered: None,
+        attempted: None,
+    };
     let mut o = c_options(DSPNET_EXTENT_ALL);
     o.progress = Some(reenter);
     o.user_data = (&mut r as *mut Reentry).cast();
-    assert_eq!(unsafe { dspnet_session_segment(session, support.as_ptr(), out.as_mut_ptr(), &o) }, dspnet_status_t::DSPNET_OK, "{}", message());
+    assert_eq!(
+        unsafe { dspnet_session_segment(session, support.as_ptr(), out.as_mut_ptr(), &o) },
+        dspnet_status_t::DSPNET_OK,
+        "{}",
+        message()
+    );
     assert_eq!(r.inner, Some(dspnet_status_t::DSPNET_ERROR_BUSY));
     assert!(inner_out.iter().all(|&l| l == 0x5555), "a refused call writes nothing");
 
@@ -383,16 +467,32 @@ fn one_segmentation_at_a_time_per_session() {
     std::thread::scope(|s| {
         let support = &support;
         let runner = s.spawn(move || {
-            let mut r = Reentry { session: std::ptr::null_mut(), support: std::ptr::null(), out: std::ptr::null_mut(), inner: None, entered: Some(entered_tx), attempted: Some(attempted_rx) };
+            let mut r = Reentry {
+                session: std::ptr::null_mut(),
+                support: std::ptr::null(),
+                out: std::ptr::null_mut(),
+                inner: None,
+                entered: Some(entered_tx),
+                attempted: Some(attempted_rx),
+            };
             let mut o = c_options(DSPNET_EXTENT_ALL);
             o.progress = Some(reenter);
             o.user_data = (&mut r as *mut Reentry).cast();
             let mut out = vec![0u16; support.len()];
-            unsafe { dspnet_session_segment(session_addr as *mut dspnet_session_t, support.as_ptr(), out.as_mut_ptr(), &o) }
+            unsafe {
+                dspnet_session_segment(session_addr as *mut dspnet_session_t, support.as_ptr(), out.as_mut_ptr(), &o)
+            }
         });
         entered_rx.recv().unwrap();
         let mut other = vec![0x7777u16; support.len()];
-        let st = unsafe { dspnet_session_segment(session_addr as *mut dspnet_session_t, support.as_ptr(), other.as_mut_ptr(), std::ptr::null()) };
+        let st = unsafe {
+            dspnet_session_segment(
+                session_addr as *mut dspnet_session_t,
+                support.as_ptr(),
+                other.as_mut_ptr(),
+                std::ptr::null(),
+            )
+        };
         assert_eq!(st, dspnet_status_t::DSPNET_ERROR_BUSY);
         assert!(message().contains("one segmentation at a time"), "{}", message());
         assert!(other.iter().all(|&l| l == 0x7777));

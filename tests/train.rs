@@ -98,8 +98,17 @@ fn body_is_the_largest_component_with_holes_filled() {
 fn augmentation_is_seeded_and_identity_without_ranges() {
     let n = 64;
     let img: Vec<f32> = (0..n * n).map(|p| ((p / n) as f32 - 30.0) / 10.0).collect();
-    let mask: Vec<u8> = (0..n * n).map(|p| u8::from((20..44).contains(&(p / n)) && (20..44).contains(&(p % n)))).collect();
-    let none = AugmentOptions { rotation: 0.0, translation: 0.0, shear: 0.0, zoom: (1.0, 1.0), elastic_alpha: 0.0, gamma: (1.0, 1.0), ..AugmentOptions::default() };
+    let mask: Vec<u8> =
+        (0..n * n).map(|p| u8::from((20..44).contains(&(p / n)) && (20..44).contains(&(p % n)))).collect();
+    let none = AugmentOptions {
+        rotation: 0.0,
+        translation: 0.0,
+        shear: 0.0,
+        zoom: (1.0, 1.0),
+        elastic_alpha: 0.0,
+        gamma: (1.0, 1.0),
+        ..AugmentOptions::default()
+    };
     let (a, m) = augment(&img, &mask, n, &none, &mut Rng::new(1));
     assert_eq!(m, mask);
     assert!(a.iter().zip(&img).all(|(x, y)| (x - y).abs() < 1e-3));
@@ -129,7 +138,8 @@ fn trainable_suffix_matches_the_backbone() {
     let want = backbone.forward(&x).unwrap();
     for k in [0, 2] {
         let net = TrainableNet::new(&w.config, &w.tensors, k, &Device::Cpu).unwrap();
-        let got = net.forward(&backbone.forward_prefix(&x, net.prefix_blocks()).unwrap()).unwrap().transpose(0, 1).unwrap();
+        let got =
+            net.forward(&backbone.forward_prefix(&x, net.prefix_blocks()).unwrap()).unwrap().transpose(0, 1).unwrap();
         let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(err <= 1e-4 * scale, "K = {k}: max error {err} (scale {scale})");
@@ -142,8 +152,16 @@ fn trainable_suffix_matches_the_backbone() {
 #[test]
 fn loss_decreases_on_a_fixed_episode() {
     let w = load_safetensors(weights()).unwrap();
-    let slices = load_slices(&[volume().to_path_buf()], 2, ModalityChoice::Auto, &w.config.input_normalization, &SuperpixelOptions::default()).unwrap();
-    let mut trainer = Trainer::new(w, TrainOptions { trainable_blocks: 1, ..TrainOptions::default() }, &Device::Cpu).unwrap();
+    let slices = load_slices(
+        &[volume().to_path_buf()],
+        2,
+        ModalityChoice::Auto,
+        &w.config.input_normalization,
+        &SuperpixelOptions::default(),
+    )
+    .unwrap();
+    let mut trainer =
+        Trainer::new(w, TrainOptions { trainable_blocks: 1, ..TrainOptions::default() }, &Device::Cpu).unwrap();
     let episode = trainer.sample_episode(&slices).unwrap();
     let before = trainer.evaluate(&episode).unwrap();
     for _ in 0..4 {
@@ -159,7 +177,29 @@ fn loss_decreases_on_a_fixed_episode() {
 fn command_trains_checkpoints_and_resumes_bit_identically() {
     let dir = common::tempdir("train-cli");
     let run = |out: &str, steps: &str, ck: &str, resume: bool| {
-        let mut a = args!["train", "--weights", weights(), volume(), "-o", dir.join(out), "--steps", steps, "--trainable-blocks", "1", "--seed", "7", "--checkpoint-dir", dir.join(ck), "--checkpoint-every", "2", "--log", dir.join(format!("{ck}.csv")), "--device", "cpu", "--quiet"];
+        let mut a = args![
+            "train",
+            "--weights",
+            weights(),
+            volume(),
+            "-o",
+            dir.join(out),
+            "--steps",
+            steps,
+            "--trainable-blocks",
+            "1",
+            "--seed",
+            "7",
+            "--checkpoint-dir",
+            dir.join(ck),
+            "--checkpoint-every",
+            "2",
+            "--log",
+            dir.join(format!("{ck}.csv")),
+            "--device",
+            "cpu",
+            "--quiet"
+        ];
         if resume {
             a.push("--resume".into());
         }
@@ -209,7 +249,8 @@ fn command_rejects_bad_inputs() {
     let dir = common::tempdir("train-bad");
     let not_model = dir.join("not-a-model.safetensors");
     std::fs::write(&not_model, b"garbage").unwrap();
-    let o = dspnet(args!["train", "--weights", &not_model, volume(), "-o", dir.join("o.safetensors"), "--device", "cpu"]);
+    let o =
+        dspnet(args!["train", "--weights", &not_model, volume(), "-o", dir.join("o.safetensors"), "--device", "cpu"]);
     assert!(!o.status.success() && stderr(&o).contains("not a valid safetensors"), "{}", stderr(&o));
     let o = dspnet(args!["train", "--weights", weights(), "-o", dir.join("o.safetensors")]);
     assert!(!o.status.success() && stderr(&o).contains("IMAGES"), "{}", stderr(&o));
@@ -218,7 +259,8 @@ fn command_rejects_bad_inputs() {
     let flat = dspnet::io::Volume::new(vec![0.0; img.data.len()], img.geometry.clone()).unwrap();
     let flat_path = dir.join("flat.nrrd");
     common::write_f32_nrrd(&flat_path, &flat);
-    let o = dspnet(args!["train", "--weights", weights(), &flat_path, "-o", dir.join("o.safetensors"), "--device", "cpu"]);
+    let o =
+        dspnet(args!["train", "--weights", weights(), &flat_path, "-o", dir.join("o.safetensors"), "--device", "cpu"]);
     assert!(!o.status.success() && stderr(&o).contains("no training slice has superpixels"), "{}", stderr(&o));
     assert!(!dir.join("o.safetensors").exists());
 }

@@ -938,7 +938,11 @@ fn writes_are_atomic_and_validated() {
         std::fs::write(blocked.join("old"), b"old content").unwrap();
         assert!(write_labels(&blocked, &labels, None).is_err());
         assert_eq!(std::fs::read(blocked.join("old")).unwrap(), b"old content");
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
         std::fs::remove_dir_all(&blocked).unwrap();
         let target = dir.join(name);
@@ -964,7 +968,8 @@ fn writes_are_atomic_and_validated() {
 }
 
 /// Fuzzing found DICOM files of a few KB that made dicom-rs allocate and fill gigabytes (2.6 GB resident):
-/// values (or a file meta group length) claiming more bytes than the file holds, and binary values of a length dicom-rs reads only in
+/// values (or a file meta group length) claiming more bytes than the file holds, and binary values of a length
+/// dicom-rs reads only in
 /// part (so that it parses the rest as a header with a huge length). Each is refused before parsing,
 /// naming the element, and a real series still reads.
 #[test]
@@ -979,7 +984,11 @@ fn dicom_elements_claiming_more_than_the_file_are_refused_before_allocating() {
         std::fs::copy(&path, dir.join("1.dcm")).unwrap();
         let err = dspnet::io::read_image(&dir).unwrap_err().to_string();
         let refused = err.contains("more than the file holds") || err.contains("not a multiple of");
-        assert!((err.contains("element (") || err.contains("meta group length")) && refused, "{}: {err}", path.display());
+        assert!(
+            (err.contains("element (") || err.contains("meta group length")) && refused,
+            "{}: {err}",
+            path.display()
+        );
         n += 1;
     }
     assert!(n >= 5);

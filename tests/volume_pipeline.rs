@@ -9,7 +9,10 @@ use candle_core::Device;
 use common::*;
 use dspnet::io::{read_image, read_labels, Volume};
 use dspnet::model::Model;
-use dspnet::volume::{segment, segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, MemoryOptions, Propagation, SegmentOptions, VolumeRef};
+use dspnet::volume::{
+    segment, segment_cached, AxisChoice, ComponentsMode, ExtentMode, FeatureCache, FovMode, MemoryOptions, Propagation,
+    SegmentOptions, VolumeRef,
+};
 use dspnet::DspnetError;
 
 fn model() -> &'static Model {
@@ -40,7 +43,11 @@ fn view(v: &Volume<f32>) -> VolumeRef<'_> {
     VolumeRef { data: &v.data, dims: v.geometry.dims, spacing: v.geometry.spacing }
 }
 
-fn run(img: &Volume<f32>, sup: &[u16], opts: &SegmentOptions) -> Result<(Vec<u16>, dspnet::volume::SegmentSummary), DspnetError> {
+fn run(
+    img: &Volume<f32>,
+    sup: &[u16],
+    opts: &SegmentOptions,
+) -> Result<(Vec<u16>, dspnet::volume::SegmentSummary), DspnetError> {
     segment(model(), view(img), sup, opts, &mut |_, _| true)
 }
 
@@ -134,11 +141,17 @@ fn batched_encoding_gives_the_labels_of_slice_by_slice() {
     let (img, _, sup) = ct();
     let two = two_classes(&sup.data);
     // Batches are for independent propagation, where the query slices are known in advance.
-    let one = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, batch: 1, propagation: Propagation::Independent, ..Default::default() };
+    let one = SegmentOptions {
+        extent: ExtentMode::All,
+        components: ComponentsMode::All,
+        batch: 1,
+        propagation: Propagation::Independent,
+        ..Default::default()
+    };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 6)] {
         let base = SegmentOptions { extent, ..one.clone() };
         let (reference, summary) = run(&img, &two, &base).unwrap();
-        assert!(reference.iter().any(|&l| l == 2) && summary.slices_processed > 0);
+        assert!(reference.contains(&2) && summary.slices_processed > 0);
         // 4 leaves a partial last batch; 8 covers every query slice at once.
         for batch in [4, 8] {
             let (batched, s) = run(&img, &two, &SegmentOptions { batch, ..base.clone() }).unwrap();
@@ -152,8 +165,13 @@ fn batched_encoding_gives_the_labels_of_slice_by_slice() {
 fn dropping_used_features_does_not_change_results() {
     let (img, _, sup) = ct();
     let two = two_classes(&sup.data);
-    for (extent, propagation) in [(ExtentMode::Auto, Propagation::Independent), (ExtentMode::All, Propagation::Independent), (ExtentMode::Auto, Propagation::Memory)] {
-        let opts = SegmentOptions { extent, components: ComponentsMode::All, batch: 2, propagation, ..Default::default() };
+    for (extent, propagation) in [
+        (ExtentMode::Auto, Propagation::Independent),
+        (ExtentMode::All, Propagation::Independent),
+        (ExtentMode::Auto, Propagation::Memory),
+    ] {
+        let opts =
+            SegmentOptions { extent, components: ComponentsMode::All, batch: 2, propagation, ..Default::default() };
         // `segment` keeps query features only while a later class needs them; a reusable cache keeps all,
         // and a second run on the filled cache encodes nothing.
         let (dropped, _) = run(&img, &two, &opts).unwrap();
@@ -190,10 +208,16 @@ fn auto_extent_stops_after_patience_misses() {
 fn cancel_from_progress_returns_cancelled() {
     let (img, _, sup) = ct();
     let mut calls = Vec::new();
-    let r = segment(model(), view(&img), &sup.data, &SegmentOptions { extent: ExtentMode::All, ..Default::default() }, &mut |d, t| {
-        calls.push((d, t));
-        d < 2
-    });
+    let r = segment(
+        model(),
+        view(&img),
+        &sup.data,
+        &SegmentOptions { extent: ExtentMode::All, ..Default::default() },
+        &mut |d, t| {
+            calls.push((d, t));
+            d < 2
+        },
+    );
     assert!(matches!(r, Err(DspnetError::Cancelled)), "{r:?}");
     assert_eq!(calls.last(), Some(&(2, 6)));
 }
@@ -204,18 +228,21 @@ fn auto_fov_runs_and_keeps_support() {
     // A small structure: keep a 12x12 pixel patch of the painted liver.
     let plane = 80 * 72;
     let painted: Vec<usize> = (3 * plane..4 * plane).filter(|&v| sup.data[v] == 1).collect();
-    let (ci, cj) = (painted.iter().map(|v| v % 80).sum::<usize>() / painted.len(), painted.iter().map(|v| (v % plane) / 80).sum::<usize>() / painted.len());
+    let (ci, cj) = (
+        painted.iter().map(|v| v % 80).sum::<usize>() / painted.len(),
+        painted.iter().map(|v| (v % plane) / 80).sum::<usize>() / painted.len(),
+    );
     for (v, l) in sup.data.iter_mut().enumerate() {
         let (i, j) = (v % 80, (v % plane) / 80);
         if i.abs_diff(ci) > 6 || j.abs_diff(cj) > 6 {
             *l = 0;
         }
     }
-    assert!(sup.data.iter().any(|&l| l == 1));
+    assert!(sup.data.contains(&1));
     let base = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, ..Default::default() };
     let (windowed, summary) = run(&img, &sup.data, &SegmentOptions { fov: FovMode::Auto, ..base }).unwrap();
     assert_eq!(summary.slices_processed, 6);
-    assert!(windowed.iter().any(|&l| l == 1));
+    assert!(windowed.contains(&1));
     assert_eq!(&windowed[3 * plane..4 * plane], &sup.data[3 * plane..4 * plane]);
 }
 
@@ -226,9 +253,18 @@ fn bad_arguments_are_rejected() {
     let short = &sup.data[..10];
     assert!(matches!(run(&img, short, &o), Err(DspnetError::Shape(_))));
     let bad_spacing = VolumeRef { spacing: [0.0, 1.0, 1.0], ..view(&img) };
-    assert!(matches!(segment(model(), bad_spacing, &sup.data, &o, &mut |_, _| true), Err(DspnetError::InvalidArgument(_))));
-    assert!(matches!(run(&img, &sup.data, &SegmentOptions { axis: AxisChoice::Fixed(3), ..o.clone() }), Err(DspnetError::InvalidArgument(_))));
-    assert!(matches!(run(&img, &sup.data, &SegmentOptions { classes: Some(vec![4]), ..o.clone() }), Err(DspnetError::EmptySupport { class: Some(4), slice: None, .. })));
+    assert!(matches!(
+        segment(model(), bad_spacing, &sup.data, &o, &mut |_, _| true),
+        Err(DspnetError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        run(&img, &sup.data, &SegmentOptions { axis: AxisChoice::Fixed(3), ..o.clone() }),
+        Err(DspnetError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        run(&img, &sup.data, &SegmentOptions { classes: Some(vec![4]), ..o.clone() }),
+        Err(DspnetError::EmptySupport { class: Some(4), slice: None, .. })
+    ));
     let mut nan = img.clone();
     nan.data[5] = f32::NAN;
     assert!(matches!(run(&nan, &sup.data, &o), Err(DspnetError::NonFinite(_))));
@@ -284,17 +320,32 @@ fn memory_without_memory_or_prior_scores_like_independent() {
         ..MemoryOptions::default()
     };
     for extent in [ExtentMode::All, ExtentMode::Range(1, 5)] {
-        let base = SegmentOptions { extent, components: ComponentsMode::All, memory: memory.clone(), ..Default::default() };
+        let base =
+            SegmentOptions { extent, components: ComponentsMode::All, memory: memory.clone(), ..Default::default() };
         let (m, ms) = run(&img, &sup.data, &base).unwrap();
-        let (i, is) = run(&img, &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base.clone() }).unwrap();
+        let (i, is) =
+            run(&img, &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base.clone() }).unwrap();
         assert_eq!(m, i, "extent {extent:?}");
         assert_eq!(ms.slices_processed, is.slices_processed);
     }
     // With a memory the scores change.
-    let base = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { size: 3, ..memory }, ..Default::default() };
+    let base = SegmentOptions {
+        extent: ExtentMode::All,
+        components: ComponentsMode::All,
+        memory: MemoryOptions { size: 3, ..memory },
+        ..Default::default()
+    };
     let mut cache = FeatureCache::default();
     let (m, _) = segment_cached(model(), view(&img), &sup.data, &base, &mut |_, _| true, &mut cache).unwrap();
-    let (i, _) = segment_cached(model(), view(&img), &sup.data, &SegmentOptions { propagation: Propagation::Independent, ..base }, &mut |_, _| true, &mut cache).unwrap();
+    let (i, _) = segment_cached(
+        model(),
+        view(&img),
+        &sup.data,
+        &SegmentOptions { propagation: Propagation::Independent, ..base },
+        &mut |_, _| true,
+        &mut cache,
+    )
+    .unwrap();
     assert_ne!(m, i);
 }
 
@@ -303,8 +354,20 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
     let (img, _, sup) = ct();
     let plane = 80 * 72;
     let painted = &sup.data[3 * plane..4 * plane];
-    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, stop_probability: 0.0, refine_band: 0.0, ..MemoryOptions::default() };
-    let opts = |copy_tolerance: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { copy_tolerance, ..accept_all.clone() }, ..Default::default() };
+    let accept_all = MemoryOptions {
+        presence_threshold: f32::NEG_INFINITY,
+        min_area_fraction: 0.0,
+        presence_drop: 0.0,
+        stop_probability: 0.0,
+        refine_band: 0.0,
+        ..MemoryOptions::default()
+    };
+    let opts = |copy_tolerance: f64| SegmentOptions {
+        extent: ExtentMode::All,
+        components: ComponentsMode::All,
+        memory: MemoryOptions { copy_tolerance, ..accept_all.clone() },
+        ..Default::default()
+    };
     // A zone wider than the volume: every slice is the painted one.
     let (out, _) = run(&img, &sup.data, &opts(1e6)).unwrap();
     for k in 0..7 {
@@ -330,8 +393,20 @@ fn slices_in_the_copy_zone_get_the_painted_mask() {
 fn refinement_moves_only_pixels_near_the_model_boundary() {
     let (img, gt, sup) = ct();
     let (rows, cols, plane) = (72, 80, 80 * 72);
-    let accept_all = MemoryOptions { presence_threshold: f32::NEG_INFINITY, min_area_fraction: 0.0, presence_drop: 0.0, stop_probability: 0.0, copy_tolerance: 0.0, ..MemoryOptions::default() };
-    let opts = |refine_band: f64| SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, memory: MemoryOptions { refine_band, ..accept_all.clone() }, ..Default::default() };
+    let accept_all = MemoryOptions {
+        presence_threshold: f32::NEG_INFINITY,
+        min_area_fraction: 0.0,
+        presence_drop: 0.0,
+        stop_probability: 0.0,
+        copy_tolerance: 0.0,
+        ..MemoryOptions::default()
+    };
+    let opts = |refine_band: f64| SegmentOptions {
+        extent: ExtentMode::All,
+        components: ComponentsMode::All,
+        memory: MemoryOptions { refine_band, ..accept_all.clone() },
+        ..Default::default()
+    };
     let (plain, _) = run(&img, &sup.data, &opts(0.0)).unwrap();
     // Half a cell: a cell is 8 × 64 mm / 256 = 2 mm, so the band is round(1 mm / 0.8 mm) = 1 pixel.
     let (refined, _) = run(&img, &sup.data, &opts(0.5)).unwrap();
@@ -368,7 +443,8 @@ fn memory_chains_meet_where_the_nearer_painted_slice_wins() {
     let plane = 80 * 72;
     // Paint slices 1 and 5: slices 0, 2, 3 belong to slice 1's chains (3 is a tie: the lower wins), 4 and
     // 6 to slice 5's. Each query slice is scored exactly once.
-    let sup: Vec<u16> = gt.data.iter().enumerate().map(|(v, &l)| if [1, 5].contains(&(v / plane)) { l } else { 0 }).collect();
+    let sup: Vec<u16> =
+        gt.data.iter().enumerate().map(|(v, &l)| if [1, 5].contains(&(v / plane)) { l } else { 0 }).collect();
     assert!(sup[plane..2 * plane].contains(&1) && sup[5 * plane..6 * plane].contains(&1));
     let opts = SegmentOptions { extent: ExtentMode::All, components: ComponentsMode::All, ..Default::default() };
     let (out, summary) = run(&img, &sup, &opts).unwrap();
@@ -398,6 +474,9 @@ fn bad_memory_options_are_rejected() {
         MemoryOptions { stop_probability: f32::NAN, ..MemoryOptions::default() },
     ] {
         let e = run(&img, &sup.data, &SegmentOptions { memory: memory.clone(), ..Default::default() }).unwrap_err();
-        assert!(matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"), "{memory:?}: {e}");
+        assert!(
+            matches!(e, DspnetError::InvalidArgument(_)) && e.to_string().contains("memory propagation"),
+            "{memory:?}: {e}"
+        );
     }
 }

@@ -22,7 +22,15 @@ fn read_all(path: &std::path::Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> 
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
-        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())))
+        .map(|(n, v)| {
+            (
+                n,
+                (
+                    v.shape().to_vec(),
+                    v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                ),
+            )
+        })
         .collect()
 }
 
@@ -76,8 +84,12 @@ fn strict_loading_names_missing_unexpected_and_misshaped_tensors() {
 fn official_names_load_and_compute_the_same_model() {
     let dir = tempdir("official");
     let own = read_all(weights());
-    let official: BTreeMap<_, _> = own.iter().map(|(k, v)| (dspnet::model::config::official_name(k), v.clone())).collect();
-    assert!(official.contains_key("encoder.localconv.weight") && official.contains_key("encoder.backbone.layer1.0.bn1.running_var"));
+    let official: BTreeMap<_, _> =
+        own.iter().map(|(k, v)| (dspnet::model::config::official_name(k), v.clone())).collect();
+    assert!(
+        official.contains_key("encoder.localconv.weight")
+            && official.contains_key("encoder.backbone.layer1.0.bn1.running_var")
+    );
     let p = dir.join("official.safetensors");
     write(&p, &official, HashMap::new()); // no metadata at all: the architecture is inferred
     let w = load_safetensors(&p).unwrap();
@@ -125,7 +137,12 @@ fn truncated_and_foreign_files_are_refused_clearly() {
 #[test]
 fn layer3_projection_with_bias_round_trips() {
     let dir = tempdir("layer3");
-    let config = ModelConfig { depth: 50, feature_source: FeatureSource::Layer3, projection_bias: true, ..ModelConfig::default() };
+    let config = ModelConfig {
+        depth: 50,
+        feature_source: FeatureSource::Layer3,
+        projection_bias: true,
+        ..ModelConfig::default()
+    };
     let p = dir.join("l3.safetensors");
     write_synthetic(&p, &config, 7).unwrap();
     let w = load_safetensors(&p).unwrap();

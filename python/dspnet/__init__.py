@@ -22,9 +22,28 @@ The library (libdspnet) and the default model travel inside the package; no PyTo
 
 from . import binding
 from .binding import (  # noqa: F401
-    ABI_VERSION, HEAD_KEYS, BackendError, BackendUnavailableError, BusyError, CancelledError, DspnetError, DspnetIOError,
-    DspnetOutOfMemoryError, InvalidArgumentError, LibraryNotFoundError, Model, ModelFormatError, NoSupportError,
-    NonFiniteError, NullArgumentError, PanicError, Session, ShapeError, Summary, VolumeFormatError, load_library,
+    ABI_VERSION,
+    HEAD_KEYS,
+    BackendError,
+    BackendUnavailableError,
+    BusyError,
+    CancelledError,
+    DspnetError,
+    DspnetIOError,
+    DspnetOutOfMemoryError,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    Model,
+    ModelFormatError,
+    NoSupportError,
+    NonFiniteError,
+    NullArgumentError,
+    PanicError,
+    Session,
+    ShapeError,
+    Summary,
+    VolumeFormatError,
+    load_library,
     segment_files,
 )
 from .images import segment_nibabel, segment_sitk  # noqa: F401

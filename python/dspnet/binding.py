@@ -40,10 +40,29 @@ import numpy as np
 
 __all__ = [
     "ABI_VERSION",
-    "DspnetError", "NullArgumentError", "InvalidArgumentError", "ShapeError", "NonFiniteError",
-    "NoSupportError", "DspnetIOError", "ModelFormatError", "VolumeFormatError", "BackendUnavailableError",
-    "DspnetOutOfMemoryError", "CancelledError", "BackendError", "PanicError", "LibraryNotFoundError",
-    "BusyError", "Library", "load_library", "library_candidates", "Model", "Session", "Summary", "segment",
+    "DspnetError",
+    "NullArgumentError",
+    "InvalidArgumentError",
+    "ShapeError",
+    "NonFiniteError",
+    "NoSupportError",
+    "DspnetIOError",
+    "ModelFormatError",
+    "VolumeFormatError",
+    "BackendUnavailableError",
+    "DspnetOutOfMemoryError",
+    "CancelledError",
+    "BackendError",
+    "PanicError",
+    "LibraryNotFoundError",
+    "BusyError",
+    "Library",
+    "load_library",
+    "library_candidates",
+    "Model",
+    "Session",
+    "Summary",
+    "segment",
     "segment_files",
 ]
 
@@ -91,6 +110,7 @@ _AXES = {"i": 0, "j": 1, "k": 2}
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
+
 
 class DspnetError(RuntimeError):
     """A libdspnet call failed. ``status`` is the dspnet_status_t value, ``status_name`` its name
@@ -151,6 +171,7 @@ class DspnetOutOfMemoryError(DspnetError, MemoryError):
 
 class CancelledError(DspnetError):
     """The run was cancelled through the progress callback; the output was not touched."""
+
     status = DSPNET_ERROR_CANCELLED
 
 
@@ -160,11 +181,13 @@ class BackendError(DspnetError):
 
 class PanicError(DspnetError):
     """A bug inside libdspnet (a caught Rust panic). The process is unaffected."""
+
     status = DSPNET_ERROR_PANIC
 
 
 class BusyError(DspnetError):
     """The session is already segmenting (another thread, or its own progress callback)."""
+
     status = DSPNET_ERROR_BUSY
 
 
@@ -172,16 +195,41 @@ class LibraryNotFoundError(ImportError):
     """libdspnet could not be loaded, or its ABI does not match this binding."""
 
 
-_ERROR_CLASSES = {cls.status: cls for cls in (
-    NullArgumentError, InvalidArgumentError, ShapeError, NonFiniteError, NoSupportError, DspnetIOError,
-    ModelFormatError, VolumeFormatError, BackendUnavailableError, DspnetOutOfMemoryError, CancelledError,
-    BackendError, PanicError, BusyError)}
+_ERROR_CLASSES = {
+    cls.status: cls
+    for cls in (
+        NullArgumentError,
+        InvalidArgumentError,
+        ShapeError,
+        NonFiniteError,
+        NoSupportError,
+        DspnetIOError,
+        ModelFormatError,
+        VolumeFormatError,
+        BackendUnavailableError,
+        DspnetOutOfMemoryError,
+        CancelledError,
+        BackendError,
+        PanicError,
+        BusyError,
+    )
+}
 _STATUS_NAMES = {
-    0: "DSPNET_OK", 1: "DSPNET_ERROR_NULL_ARGUMENT", 2: "DSPNET_ERROR_INVALID_ARGUMENT", 3: "DSPNET_ERROR_SHAPE",
-    4: "DSPNET_ERROR_NON_FINITE", 5: "DSPNET_ERROR_NO_SUPPORT", 6: "DSPNET_ERROR_IO",
-    7: "DSPNET_ERROR_MODEL_FORMAT", 8: "DSPNET_ERROR_VOLUME_FORMAT", 9: "DSPNET_ERROR_BACKEND_UNAVAILABLE",
-    10: "DSPNET_ERROR_OUT_OF_MEMORY", 11: "DSPNET_ERROR_CANCELLED", 12: "DSPNET_ERROR_BACKEND",
-    13: "DSPNET_ERROR_PANIC", 14: "DSPNET_ERROR_BUSY",
+    0: "DSPNET_OK",
+    1: "DSPNET_ERROR_NULL_ARGUMENT",
+    2: "DSPNET_ERROR_INVALID_ARGUMENT",
+    3: "DSPNET_ERROR_SHAPE",
+    4: "DSPNET_ERROR_NON_FINITE",
+    5: "DSPNET_ERROR_NO_SUPPORT",
+    6: "DSPNET_ERROR_IO",
+    7: "DSPNET_ERROR_MODEL_FORMAT",
+    8: "DSPNET_ERROR_VOLUME_FORMAT",
+    9: "DSPNET_ERROR_BACKEND_UNAVAILABLE",
+    10: "DSPNET_ERROR_OUT_OF_MEMORY",
+    11: "DSPNET_ERROR_CANCELLED",
+    12: "DSPNET_ERROR_BACKEND",
+    13: "DSPNET_ERROR_PANIC",
+    14: "DSPNET_ERROR_BUSY",
 }
 
 
@@ -257,6 +305,7 @@ class dspnet_segment_summary_t(ctypes.Structure):
         ("suggested_slices", ctypes.c_size_t * MAX_SUGGESTIONS),
     ]
 
+
 #: Bytes of the summary's first version (up to and including ``seconds``).
 _SUMMARY_V1_SIZE = dspnet_segment_summary_t.num_slices.offset
 
@@ -296,9 +345,9 @@ _LIB_NAMES = {
 
 def _package_library_dirs():
     """Folders next to this package that may hold libdspnet, most specific first."""
-    here = os.path.dirname(os.path.abspath(__file__))          # .../dspnet
+    here = os.path.dirname(os.path.abspath(__file__))  # .../dspnet
     parent = os.path.dirname(here)
-    dirs = [os.path.join(here, "lib")]                           # the wheel; the Slicer extension
+    dirs = [os.path.join(here, "lib")]  # the wheel; the Slicer extension
     # A source checkout (<repo>/python/dspnet): the library `cargo build --release` made.
     repo = os.path.dirname(parent)
     if os.path.isfile(os.path.join(repo, "Cargo.toml")) and os.path.isfile(os.path.join(repo, "include", "dspnet.h")):
@@ -308,8 +357,11 @@ def _package_library_dirs():
     # libraries go to <ext>/lib/Slicer-X.Y (Slicer_INSTALL_THIRDPARTY_LIB_DIR).
     if os.path.basename(parent) == "qt-scripted-modules":
         slicer_lib = os.path.dirname(parent)
-        dirs += [os.path.join(parent, "FewShotSegmentLib", "lib"), slicer_lib,
-                 os.path.join(slicer_lib, "qt-loadable-modules")]
+        dirs += [
+            os.path.join(parent, "FewShotSegmentLib", "lib"),
+            slicer_lib,
+            os.path.join(slicer_lib, "qt-loadable-modules"),
+        ]
     return dirs
 
 
@@ -345,7 +397,8 @@ class Library:
         if abi != ABI_VERSION:
             raise LibraryNotFoundError(
                 f"{path} has C ABI version {abi}, this binding needs version {ABI_VERSION}; "
-                "install a matching libdspnet or a matching extension")
+                "install a matching libdspnet or a matching extension"
+            )
         self.abi_version = abi
         self.version = cdll.dspnet_version().decode("utf-8", "replace")
 
@@ -363,8 +416,13 @@ class Library:
         lib.dspnet_model_free.argtypes = [ctypes.c_void_p]
         lib.dspnet_segment_options_init.restype = None
         lib.dspnet_segment_options_init.argtypes = [ctypes.POINTER(dspnet_segment_options_t)]
-        seg_args = [ctypes.c_void_p, ctypes.POINTER(dspnet_volume_t), ctypes.c_void_p, ctypes.c_void_p,
-                    ctypes.POINTER(dspnet_segment_options_t)]
+        seg_args = [
+            ctypes.c_void_p,
+            ctypes.POINTER(dspnet_volume_t),
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(dspnet_segment_options_t),
+        ]
         lib.dspnet_segment.restype = ctypes.c_int
         lib.dspnet_segment.argtypes = seg_args
         # Optional functions (present in the header, not in the minimal contract).
@@ -379,20 +437,32 @@ class Library:
             lib.dspnet_model_device.argtypes = [ctypes.c_void_p]
         if hasattr(lib, "dspnet_segment_files"):  # 0.3
             lib.dspnet_segment_files.restype = ctypes.c_int
-            lib.dspnet_segment_files.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                                 ctypes.POINTER(dspnet_segment_options_t),
-                                                 ctypes.POINTER(dspnet_segment_summary_t)]
+            lib.dspnet_segment_files.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_char_p,
+                ctypes.c_char_p,
+                ctypes.c_char_p,
+                ctypes.POINTER(dspnet_segment_options_t),
+                ctypes.POINTER(dspnet_segment_summary_t),
+            ]
         if hasattr(lib, "dspnet_session_create"):  # 0.2
             lib.dspnet_session_options_init.restype = None
             lib.dspnet_session_options_init.argtypes = [ctypes.POINTER(dspnet_session_options_t)]
             lib.dspnet_session_create.restype = ctypes.c_int
-            lib.dspnet_session_create.argtypes = [ctypes.c_void_p, ctypes.POINTER(dspnet_volume_t),
-                                                  ctypes.POINTER(dspnet_session_options_t),
-                                                  ctypes.POINTER(ctypes.c_void_p)]
+            lib.dspnet_session_create.argtypes = [
+                ctypes.c_void_p,
+                ctypes.POINTER(dspnet_volume_t),
+                ctypes.POINTER(dspnet_session_options_t),
+                ctypes.POINTER(ctypes.c_void_p),
+            ]
             lib.dspnet_session_segment_with_summary.restype = ctypes.c_int
             lib.dspnet_session_segment_with_summary.argtypes = [
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(dspnet_segment_options_t),
-                ctypes.POINTER(dspnet_segment_summary_t)]
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+                ctypes.POINTER(dspnet_segment_options_t),
+                ctypes.POINTER(dspnet_segment_summary_t),
+            ]
             lib.dspnet_session_info.restype = ctypes.c_int
             lib.dspnet_session_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(dspnet_session_info_t)]
             lib.dspnet_session_free.restype = None
@@ -461,15 +531,18 @@ def load_library(path=None):
                 tried.append(f"{name} ({e})" if "ABI" in str(e) else name)
         raise LibraryNotFoundError(
             "libdspnet was not found. Set DSPNET_LIBRARY to the library file (e.g. target/release/libdspnet.so), "
-            "or install the dspnet package (pip install ./python). Tried: " + ", ".join(tried))
+            "or install the dspnet package (pip install ./python). Tried: " + ", ".join(tried)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------
 
+
 class _Owned:
     """A library object owned by Python: freed by :meth:`close`, on ``with`` exit or when collected."""
+
     _free = None  # name of the C function that frees the handle
 
     def close(self):
@@ -517,7 +590,7 @@ class Model(_Owned):
 
     @property
     def device(self):
-        """"cpu" or "cuda:N" (the device actually used)."""
+        """ "cpu" or "cuda:N" (the device actually used)."""
         if hasattr(self.library._cdll, "dspnet_model_device"):
             return self.library._cdll.dspnet_model_device(self.handle).decode("utf-8", "replace")
         return "unknown"
@@ -549,6 +622,7 @@ class Model(_Owned):
 # Segmentation
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Summary:
     """What a run did (``dspnet_segment_summary_t``; fields the library did not report are None).
@@ -556,6 +630,7 @@ class Summary:
     ``slice_confidence``: float32 array with one entry per slice along the slice axis, the model's
     confidence in [0, 1] for the slices it scored and NaN for the others (painted, outside the extent).
     ``suggested_slices``: slices to check or paint next, least confident first."""
+
     slice_axis: int = None
     modality: str = None
     num_classes: int = None
@@ -584,8 +659,9 @@ def _as_u16(array, shape, what):
     if a.shape != shape:
         raise ShapeError(f"{what} has shape {a.shape}, the image {shape}", status=DSPNET_ERROR_SHAPE)
     if a.dtype.kind == "f" or (a.dtype.kind in "iu" and a.size and (a.min() < 0 or a.max() > 65535)):
-        raise InvalidArgumentError(f"{what} must hold integer labels 0..65535 (got dtype {a.dtype})",
-                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+        raise InvalidArgumentError(
+            f"{what} must hold integer labels 0..65535 (got dtype {a.dtype})", status=DSPNET_ERROR_INVALID_ARGUMENT
+        )
     if a.dtype != np.dtype(np.uint16) or not a.flags.c_contiguous or not a.flags.aligned:
         a = np.ascontiguousarray(a, dtype=np.uint16)
     return a
@@ -596,17 +672,21 @@ def _axis_value(slice_axis):
         return -1
     if isinstance(slice_axis, str):
         if slice_axis not in _AXES:
-            raise InvalidArgumentError(f"slice_axis {slice_axis!r}: expected 'i', 'j', 'k', 0, 1, 2 or None",
-                                       status=DSPNET_ERROR_INVALID_ARGUMENT)
+            raise InvalidArgumentError(
+                f"slice_axis {slice_axis!r}: expected 'i', 'j', 'k', 0, 1, 2 or None",
+                status=DSPNET_ERROR_INVALID_ARGUMENT,
+            )
         return _AXES[slice_axis]
     if int(slice_axis) not in (0, 1, 2):
-        raise InvalidArgumentError(f"slice_axis {slice_axis!r}: expected 0 (i), 1 (j), 2 (k) or None (auto)",
-                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+        raise InvalidArgumentError(
+            f"slice_axis {slice_axis!r}: expected 0 (i), 1 (j), 2 (k) or None (auto)",
+            status=DSPNET_ERROR_INVALID_ARGUMENT,
+        )
     return int(slice_axis)
 
 
 def parse_extent(extent):
-    """"auto", "all", "A:B" or (A, B) -> (mode, first, last). Slice indices are inclusive."""
+    """ "auto", "all", "A:B" or (A, B) -> (mode, first, last). Slice indices are inclusive."""
     if extent is None or extent == "auto":
         return EXTENT_AUTO, 0, 0
     if extent == "all":
@@ -614,17 +694,18 @@ def parse_extent(extent):
     if isinstance(extent, str):
         a, sep, b = extent.partition(":")
         if not sep:
-            raise InvalidArgumentError(f"extent {extent!r}: expected 'auto', 'all' or 'A:B'",
-                                       status=DSPNET_ERROR_INVALID_ARGUMENT)
+            raise InvalidArgumentError(
+                f"extent {extent!r}: expected 'auto', 'all' or 'A:B'", status=DSPNET_ERROR_INVALID_ARGUMENT
+            )
         extent = (a, b)
     try:
         first, last = (int(v) for v in extent)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"extent {extent!r}: expected 'auto', 'all', 'A:B' or (A, B)",
-                                   status=DSPNET_ERROR_INVALID_ARGUMENT) from None
+        raise InvalidArgumentError(
+            f"extent {extent!r}: expected 'auto', 'all', 'A:B' or (A, B)", status=DSPNET_ERROR_INVALID_ARGUMENT
+        ) from None
     if first < 0 or last < first:
-        raise InvalidArgumentError(f"extent {first}:{last}: expected 0 <= A <= B",
-                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+        raise InvalidArgumentError(f"extent {first}:{last}: expected 0 <= A <= B", status=DSPNET_ERROR_INVALID_ARGUMENT)
     return EXTENT_RANGE, first, last
 
 
@@ -632,8 +713,10 @@ def _set_head(opts, head):
     """Copy ``head`` ({official name: value}) into ``opts.head``; the library checks the ranges."""
     unknown = sorted(set(head) - set(HEAD_KEYS))
     if unknown:
-        raise InvalidArgumentError(f"unknown head option(s) {', '.join(unknown)}; expected {', '.join(HEAD_KEYS)}",
-                                   status=DSPNET_ERROR_INVALID_ARGUMENT)
+        raise InvalidArgumentError(
+            f"unknown head option(s) {', '.join(unknown)}; expected {', '.join(HEAD_KEYS)}",
+            status=DSPNET_ERROR_INVALID_ARGUMENT,
+        )
     if opts.struct_size < ctypes.sizeof(dspnet_segment_options_t):
         raise LibraryNotFoundError("this libdspnet has no head options (libdspnet 0.4 or newer needed)")
     for key, value in head.items():
@@ -651,9 +734,10 @@ def _set_head(opts, head):
                     raise ValueError
                 setattr(opts.head, key, v)
         except (TypeError, ValueError):
-            raise InvalidArgumentError(f"head option {key}={value!r}: expected "
-                                       + ("three numbers" if key == "w1_w2_w3" else "a number"),
-                                       status=DSPNET_ERROR_INVALID_ARGUMENT) from None
+            raise InvalidArgumentError(
+                f"head option {key}={value!r}: expected " + ("three numbers" if key == "w1_w2_w3" else "a number"),
+                status=DSPNET_ERROR_INVALID_ARGUMENT,
+            ) from None
 
 
 def _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head=None):
@@ -684,8 +768,13 @@ def _output_array(out, shape, index_order):
     if out is None:
         return np.empty(shape, dtype=np.uint16), None
     out_kji = out.T if index_order == "ijk" else out
-    if (not isinstance(out_kji, np.ndarray) or out_kji.dtype != np.uint16 or out_kji.shape != shape
-            or not out_kji.flags.c_contiguous or not out_kji.flags.writeable):
+    if (
+        not isinstance(out_kji, np.ndarray)
+        or out_kji.dtype != np.uint16
+        or out_kji.shape != shape
+        or not out_kji.flags.c_contiguous
+        or not out_kji.flags.writeable
+    ):
         raise ValueError("out must be a writeable uint16 array of the image's shape, contiguous in the image's order")
     return out_kji, out
 
@@ -733,12 +822,16 @@ def _run(lib, what, call, opts, max_slices, progress, cancel):
 
 def _summary(summary_c, confidence):
     """A :class:`Summary` from what the library filled (an older library fills the first version only)."""
-    s = Summary(slice_axis=summary_c.slice_axis,
-                modality={1: "ct", 2: "mri"}.get(summary_c.modality, str(summary_c.modality)),
-                num_classes=summary_c.num_classes, slices_processed=summary_c.slices_processed,
-                labelled_voxels=summary_c.labelled_voxels, seconds=summary_c.seconds)
+    s = Summary(
+        slice_axis=summary_c.slice_axis,
+        modality={1: "ct", 2: "mri"}.get(summary_c.modality, str(summary_c.modality)),
+        num_classes=summary_c.num_classes,
+        slices_processed=summary_c.slices_processed,
+        labelled_voxels=summary_c.labelled_voxels,
+        seconds=summary_c.seconds,
+    )
     if summary_c.struct_size > _SUMMARY_V1_SIZE:
-        conf = confidence[:min(summary_c.num_slices, confidence.size)].copy()
+        conf = confidence[: min(summary_c.num_slices, confidence.size)].copy()
         conf[conf < 0] = np.nan
         s.slice_confidence = conf
         s.suggested_slices = [int(summary_c.suggested_slices[i]) for i in range(summary_c.num_suggested)]
@@ -770,9 +863,25 @@ def _spacing(spacing_ijk):
     return spacing
 
 
-def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto", modality="auto",
-            fov="slice", components="support", classes=None, progress=None, cancel=None, out=None,
-            index_order="kji", propagation="memory", head=None):
+def segment(
+    model,
+    image,
+    support,
+    spacing_ijk,
+    *,
+    slice_axis=None,
+    extent="auto",
+    modality="auto",
+    fov="slice",
+    components="support",
+    classes=None,
+    progress=None,
+    cancel=None,
+    out=None,
+    index_order="kji",
+    propagation="memory",
+    head=None,
+):
     """Segment ``image`` from the labelled slices in ``support`` (``dspnet_segment``).
 
     - ``image``: 3D array, ``[k, j, i]`` (default) or ``[i, j, k]`` with ``index_order="ijk"``; any of
@@ -806,19 +915,24 @@ def segment(model, image, support, spacing_ijk, *, slice_axis=None, extent="auto
     opts, class_buf = _c_options(lib, slice_axis, extent, modality, fov, components, classes, propagation, head)
 
     if lib.has_summary:
+
         def call(o, sm):
-            return lib._cdll.dspnet_segment_with_summary(model.handle, ctypes.byref(vol), sup.ctypes.data,
-                                                         out_kji.ctypes.data, o, sm)
+            return lib._cdll.dspnet_segment_with_summary(
+                model.handle, ctypes.byref(vol), sup.ctypes.data, out_kji.ctypes.data, o, sm
+            )
     else:
+
         def call(o, _sm):
             return lib._cdll.dspnet_segment(model.handle, ctypes.byref(vol), sup.ctypes.data, out_kji.ctypes.data, o)
+
     summary_c, confidence, seconds, state = _run(lib, "dspnet_segment", call, opts, max(img.shape), progress, cancel)
     del class_buf
     if lib.has_summary:
         summary = _summary(summary_c, confidence)
     else:
-        summary = Summary(slices_processed=state["total"], seconds=seconds,
-                          labelled_voxels=int(np.count_nonzero(out_kji)))
+        summary = Summary(
+            slices_processed=state["total"], seconds=seconds, labelled_voxels=int(np.count_nonzero(out_kji))
+        )
     if out_user is not None:
         return out_user, summary
     return (out_kji.T if index_order == "ijk" else out_kji), summary
@@ -851,7 +965,9 @@ class Session(_Owned):
         lib._cdll.dspnet_session_options_init(ctypes.byref(opts))
         opts.feature_budget_bytes = int(feature_budget_bytes)
         handle = ctypes.c_void_p()
-        status = lib._cdll.dspnet_session_create(model.handle, ctypes.byref(vol), ctypes.byref(opts), ctypes.byref(handle))
+        status = lib._cdll.dspnet_session_create(
+            model.handle, ctypes.byref(vol), ctypes.byref(opts), ctypes.byref(handle)
+        )
         lib.check(status, "dspnet_session_create")
         self._handle = handle
 
@@ -861,9 +977,22 @@ class Session(_Owned):
             raise ValueError("the session has been closed")
         return self._handle
 
-    def segment(self, support, *, slice_axis=None, extent="auto", modality="auto", fov="slice",
-                components="support", classes=None, progress=None, cancel=None, out=None, propagation="memory",
-                head=None):
+    def segment(
+        self,
+        support,
+        *,
+        slice_axis=None,
+        extent="auto",
+        modality="auto",
+        fov="slice",
+        components="support",
+        classes=None,
+        progress=None,
+        cancel=None,
+        out=None,
+        propagation="memory",
+        head=None,
+    ):
         """:func:`segment` on the session's image (same options, same results voxel for voxel)."""
         lib = self.library
         sup = np.asarray(support)
@@ -876,8 +1005,10 @@ class Session(_Owned):
 
         def call(o, sm):
             return lib._cdll.dspnet_session_segment_with_summary(handle, sup.ctypes.data, out_kji.ctypes.data, o, sm)
-        summary_c, confidence, _seconds, _state = _run(lib, "dspnet_session_segment", call, opts, max(self.shape),
-                                                        progress, cancel)
+
+        summary_c, confidence, _seconds, _state = _run(
+            lib, "dspnet_session_segment", call, opts, max(self.shape), progress, cancel
+        )
         del class_buf
         summary = _summary(summary_c, confidence)
         if out_user is not None:
@@ -890,14 +1021,31 @@ class Session(_Owned):
         c = dspnet_session_info_t()
         c.struct_size = ctypes.sizeof(c)
         self.library.check(self.library._cdll.dspnet_session_info(self.handle, ctypes.byref(c)), "dspnet_session_info")
-        d = {name: getattr(c, name) for name, _ in dspnet_session_info_t._fields_ if name not in ("struct_size", "dims")}
+        d = {
+            name: getattr(c, name) for name, _ in dspnet_session_info_t._fields_ if name not in ("struct_size", "dims")
+        }
         d["dims"] = tuple(c.dims)
         return d
 
 
-def segment_files(model, image_path, support_path, output_path, *, slice_axis=None, axis=None, extent="auto",
-                  modality="auto", fov="slice", components="support", classes=None, progress=None, cancel=None,
-                  propagation="memory", head=None):
+def segment_files(
+    model,
+    image_path,
+    support_path,
+    output_path,
+    *,
+    slice_axis=None,
+    axis=None,
+    extent="auto",
+    modality="auto",
+    fov="slice",
+    components="support",
+    classes=None,
+    progress=None,
+    cancel=None,
+    propagation="memory",
+    head=None,
+):
     """One study from files to a file (``dspnet_segment_files``): read the image (NIfTI, NRRD or a DICOM
     folder) and its painted labels, segment, and write the labels to ``output_path`` (.nii, .nii.gz,
     .nrrd, .seg.nrrd) with the image's geometry, atomically (never a partial file). Exactly what
@@ -915,6 +1063,7 @@ def segment_files(model, image_path, support_path, output_path, *, slice_axis=No
 
     def call(o, sm):
         return lib._cdll.dspnet_segment_files(model.handle, paths[0], paths[1], paths[2], o, sm)
+
     # The slice count is known only once the image is read: room for the largest plausible volume axis.
     summary_c, confidence, _seconds, _state = _run(lib, "dspnet_segment_files", call, opts, 16384, progress, cancel)
     del class_buf

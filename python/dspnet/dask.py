@@ -29,6 +29,7 @@ model_loads = 0
 def _model(weights, device):
     global model_loads
     from .binding import Model
+
     key = (weights, device)
     with _models_lock:
         if key not in _models:
@@ -41,18 +42,40 @@ def run_study(image, support, output, options, weights=None, device="cpu"):
     """One study on this process (a Dask task): an outcome dict; study errors are outcomes, not raised
     (they are the study's, and running it again would not change them)."""
     from .binding import DspnetError
+
     t0 = time.perf_counter()
     try:
         summary = _model(weights, device).segment_files(image, support, output, **options)
-        return {"status": "done", "error": None, "seconds": time.perf_counter() - t0,
-                "labelled_voxels": summary.labelled_voxels, "pid": os.getpid()}
+        return {
+            "status": "done",
+            "error": None,
+            "seconds": time.perf_counter() - t0,
+            "labelled_voxels": summary.labelled_voxels,
+            "pid": os.getpid(),
+        }
     except (DspnetError, OSError, ValueError, TypeError) as e:
-        return {"status": "failed", "error": str(e), "seconds": time.perf_counter() - t0, "labelled_voxels": None,
-                "pid": os.getpid()}
+        return {
+            "status": "failed",
+            "error": str(e),
+            "seconds": time.perf_counter() - t0,
+            "labelled_voxels": None,
+            "pid": os.getpid(),
+        }
 
 
-def segment_many(manifest, client, weights=None, *, device="cpu", journal=None, report=None, shard=None,
-                 force=False, retries=3, **options):
+def segment_many(
+    manifest,
+    client,
+    weights=None,
+    *,
+    device="cpu",
+    journal=None,
+    report=None,
+    shard=None,
+    force=False,
+    retries=3,
+    **options,
+):
     """Segment every study of ``manifest`` (the CSV path, as for ``dspnet batch``) on ``client``.
 
     ``weights``: a .safetensors path the workers can read (None: the default model); ``options``:
@@ -82,8 +105,18 @@ def segment_many(manifest, client, weights=None, *, device="cpu", journal=None, 
             outcomes[s.index] = {"status": "failed", "error": s.error, "seconds": 0.0, "labelled_voxels": None}
             _manifest.append_journal(journal, s, outcomes[s.index])
         else:
-            f = client.submit(run_study, s.image, s.support, s.output, s.options, weights, device,
-                              key=f"dspnet-study-{s.index}-{os.urandom(4).hex()}", pure=False, retries=retries)
+            f = client.submit(
+                run_study,
+                s.image,
+                s.support,
+                s.output,
+                s.options,
+                weights,
+                device,
+                key=f"dspnet-study-{s.index}-{os.urandom(4).hex()}",
+                pure=False,
+                retries=retries,
+            )
             futures[f] = s
     for f in as_completed(list(futures)):
         s = futures[f]

@@ -11,8 +11,9 @@ from .binding import InvalidArgumentError, ShapeError, DSPNET_ERROR_INVALID_ARGU
 
 
 def _grid_mismatch(what, a, b):
-    return InvalidArgumentError(f"the support is not on the image's grid: {what} {a} vs {b}",
-                                status=DSPNET_ERROR_INVALID_ARGUMENT)
+    return InvalidArgumentError(
+        f"the support is not on the image's grid: {what} {a} vs {b}", status=DSPNET_ERROR_INVALID_ARGUMENT
+    )
 
 
 def segment_sitk(model, image, support, **options):
@@ -22,14 +23,19 @@ def segment_sitk(model, image, support, **options):
     import SimpleITK as sitk
 
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ShapeError(f"need a 3D scalar image, got {image.GetDimension()}D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} components", status=DSPNET_ERROR_SHAPE)
+        raise ShapeError(
+            f"need a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} components",
+            status=DSPNET_ERROR_SHAPE,
+        )
     if isinstance(support, sitk.Image):
         if support.GetSize() != image.GetSize():
             raise _grid_mismatch("size", support.GetSize(), image.GetSize())
-        for what, a, b in (("spacing", support.GetSpacing(), image.GetSpacing()),
-                           ("origin", support.GetOrigin(), image.GetOrigin()),
-                           ("direction", support.GetDirection(), image.GetDirection())):
+        for what, a, b in (
+            ("spacing", support.GetSpacing(), image.GetSpacing()),
+            ("origin", support.GetOrigin(), image.GetOrigin()),
+            ("direction", support.GetDirection(), image.GetDirection()),
+        ):
             if not np.allclose(a, b, rtol=0, atol=1e-3):
                 raise _grid_mismatch(what, a, b)
         support = sitk.GetArrayViewFromImage(support)

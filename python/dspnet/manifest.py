@@ -22,18 +22,23 @@ from .binding import InvalidArgumentError, DSPNET_ERROR_INVALID_ARGUMENT
 
 REQUIRED_COLUMNS = ("image", "support", "output")
 OPTION_COLUMNS = ("classes", "axis", "extent", "modality", "fov", "components", "propagation")
-_CHOICES = {"axis": ("auto", "i", "j", "k", "0", "1", "2"), "modality": ("auto", "ct", "mri"), "fov": ("slice", "auto"),
-            "components": ("support", "all"), "propagation": ("memory", "independent")}
+_CHOICES = {
+    "axis": ("auto", "i", "j", "k", "0", "1", "2"),
+    "modality": ("auto", "ct", "mri"),
+    "fov": ("slice", "auto"),
+    "components": ("support", "all"),
+    "propagation": ("memory", "independent"),
+}
 
 
 @dataclass
 class Study:
-    index: int          # 0-based row (the header not counted)
+    index: int  # 0-based row (the header not counted)
     image: str
     support: str
     output: str
     options: dict = field(default_factory=dict)  # keyword options of Model.segment_files
-    error: str = None   # why the row cannot run (a bad option value), or None
+    error: str = None  # why the row cannot run (a bad option value), or None
 
     @property
     def key(self):
@@ -96,6 +101,7 @@ def read_manifest(path, **base_options):
 
         def resolve(p):
             return p if os.path.isabs(p) else os.path.join(base, p)
+
         s = Study(index, resolve(row["image"]), resolve(row["support"]), resolve(row["output"]))
         try:
             s.options = _row_options(row, base_options)
@@ -130,9 +136,15 @@ def read_journal(path):
 
 def append_journal(path, study, outcome):
     """Append one study's line in a single write and sync it: once this returns it survives a kill."""
-    record = {"key": study.key, "study": study.index, "output": study.output, "status": outcome["status"],
-              "error": outcome.get("error"), "seconds": outcome.get("seconds", 0.0),
-              "labelled_voxels": outcome.get("labelled_voxels")}
+    record = {
+        "key": study.key,
+        "study": study.index,
+        "output": study.output,
+        "status": outcome["status"],
+        "error": outcome.get("error"),
+        "seconds": outcome.get("seconds", 0.0),
+        "labelled_voxels": outcome.get("labelled_voxels"),
+    }
     data = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -143,15 +155,27 @@ def append_journal(path, study, outcome):
 
 
 def report_rows(studies, outcomes):
-    return [{"study": s.index, "image": s.image, "support": s.support, "output": s.output, "status": o["status"],
-             "error": o.get("error"), "seconds": o.get("seconds", 0.0), "labelled_voxels": o.get("labelled_voxels")}
-            for s, o in zip(studies, outcomes)]
+    return [
+        {
+            "study": s.index,
+            "image": s.image,
+            "support": s.support,
+            "output": s.output,
+            "status": o["status"],
+            "error": o.get("error"),
+            "seconds": o.get("seconds", 0.0),
+            "labelled_voxels": o.get("labelled_voxels"),
+        }
+        for s, o in zip(studies, outcomes)
+    ]
 
 
 def write_report(path, rows):
     """Write the report (.json or .csv by extension) through a temporary file renamed into place."""
     path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    tmp = os.path.join(
+        os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    )
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             if path.lower().endswith(".json"):
@@ -161,8 +185,18 @@ def write_report(path, rows):
                 cols = ["study", "image", "support", "output", "status", "error", "seconds", "labelled_voxels"]
                 w.writerow(cols)
                 for r in rows:
-                    w.writerow([r["study"], r["image"], r["support"], r["output"], r["status"], r["error"] or "",
-                                f"{r['seconds']:.3f}", "" if r["labelled_voxels"] is None else r["labelled_voxels"]])
+                    w.writerow(
+                        [
+                            r["study"],
+                            r["image"],
+                            r["support"],
+                            r["output"],
+                            r["status"],
+                            r["error"] or "",
+                            f"{r['seconds']:.3f}",
+                            "" if r["labelled_voxels"] is None else r["labelled_voxels"],
+                        ]
+                    )
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

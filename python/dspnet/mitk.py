@@ -31,26 +31,36 @@ def _model(model):
         return model
     if _default_model is None:
         from . import Model
+
         _default_model = Model()
     return _default_model
 
 
 def _check_image(image):
     if image.time_steps != 1 or image.ndim != 3 or len(image.shape) != 3:
-        raise ValueError(f"dspnet.mitk: the image must be 3D with one time step and one component; it has shape "
-                         f"{tuple(image.shape)} and {image.time_steps} time step(s)")
+        raise ValueError(
+            f"dspnet.mitk: the image must be 3D with one time step and one component; it has shape "
+            f"{tuple(image.shape)} and {image.time_steps} time step(s)"
+        )
 
 
 def _check_geometry(image, segmentation):
-    for what, a, b in (("spacing", segmentation.spacing, image.spacing), ("origin", segmentation.origin, image.origin),
-                       ("direction", np.asarray(segmentation.direction), np.asarray(image.direction))):
+    for what, a, b in (
+        ("spacing", segmentation.spacing, image.spacing),
+        ("origin", segmentation.origin, image.origin),
+        ("direction", np.asarray(segmentation.direction), np.asarray(image.direction)),
+    ):
         if not np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=1e-4):
-            raise ValueError(f"dspnet.mitk: the segmentation is not on the image's geometry ({what} "
-                             f"{np.asarray(a).tolist()} vs {np.asarray(b).tolist()})")
+            raise ValueError(
+                f"dspnet.mitk: the segmentation is not on the image's geometry ({what} "
+                f"{np.asarray(a).tolist()} vs {np.asarray(b).tolist()})"
+            )
     for g in range(segmentation.num_groups):
         shape = tuple(segmentation.get_group_image(g).shape)
         if shape != tuple(image.shape):
-            raise ValueError(f"dspnet.mitk: group {g} of the segmentation has shape {shape}, the image {tuple(image.shape)}")
+            raise ValueError(
+                f"dspnet.mitk: group {g} of the segmentation has shape {shape}, the image {tuple(image.shape)}"
+            )
 
 
 def segment(image, segmentation, *, model=None, labels=None, **options):
@@ -69,8 +79,10 @@ def segment(image, segmentation, *, model=None, labels=None, **options):
     if wanted_all is not None:
         unknown = wanted_all - {int(v) for v in segmentation.label_values}
         if unknown:
-            raise ValueError(f"dspnet.mitk: no label with value(s) {sorted(unknown)} in the segmentation "
-                             f"(it has {sorted(int(v) for v in segmentation.label_values)})")
+            raise ValueError(
+                f"dspnet.mitk: no label with value(s) {sorted(unknown)} in the segmentation "
+                f"(it has {sorted(int(v) for v in segmentation.label_values)})"
+            )
     plan = []
     for g in range(segmentation.num_groups):
         group = np.array(segmentation.get_group_image(g).array, dtype=np.uint16)  # (z, y, x), a copy
@@ -103,6 +115,7 @@ def segment(image, segmentation, *, model=None, labels=None, **options):
 
 def _load_one(path, kind):
     import mitk
+
     objs = mitk.IOUtil.load(os.fspath(path))
     for o in objs:
         if isinstance(o, kind):
@@ -129,8 +142,9 @@ def save_atomically(segmentation, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m dspnet.mitk",
-                                description="Segment the labels painted in a MITK segmentation through the image.")
+    p = argparse.ArgumentParser(
+        prog="python -m dspnet.mitk", description="Segment the labels painted in a MITK segmentation through the image."
+    )
     p.add_argument("image", help="anything MITK reads: NRRD, NIfTI, a DICOM folder, ...")
     p.add_argument("segmentation", help="MITK multi-label segmentation (or a label image) on the image's grid")
     p.add_argument("-o", "--output", required=True, help="MITK multi-label segmentation file to write (.nrrd)")
@@ -142,6 +156,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     import mitk
     from . import DspnetError, Model
+
     try:
         image = _load_one(a.image, mitk.Image)
         seg = _load_one(a.segmentation, mitk.MultiLabelSegmentation)

@@ -14,8 +14,12 @@ import unittest
 import qt
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from FewShotSegmentLib import binding
@@ -26,6 +30,7 @@ from FewShotSegmentLib.logic import SETTINGS_DEVICE_KEY, SETTINGS_WEIGHTS_KEY
 #
 # FewShotSegment
 #
+
 
 class FewShotSegment(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -50,6 +55,7 @@ The effect follows the auto-complete effects of 3D Slicer's Segment Editor.
 
 def registerEditorEffect():
     import qSlicerSegmentationsEditorEffectsPythonQt as qSlicerSegmentationsEditorEffects
+
     factory = slicer.qSlicerSegmentEditorEffectFactory.instance()
     try:
         if "Few-Shot" in [effect.name for effect in factory.registeredEffects()]:
@@ -65,6 +71,7 @@ def registerEditorEffect():
 #
 # FewShotSegmentWidget
 #
+
 
 class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
@@ -92,7 +99,9 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.addItem(label, value)
         settings = slicer.app.userSettings()
         self.ui.weightsPathLineEdit.currentPath = settings.value(SETTINGS_WEIGHTS_KEY, "")
-        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(settings.value(SETTINGS_DEVICE_KEY, "auto"))))
+        self.ui.deviceComboBox.setCurrentIndex(
+            max(0, self.ui.deviceComboBox.findData(settings.value(SETTINGS_DEVICE_KEY, "auto")))
+        )
         self.ui.progressBar.setVisible(False)
         self.ui.stopButton.setVisible(False)
 
@@ -126,11 +135,16 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ImportError as e:
             text = f"libdspnet not found: {e}"
         weights = self.logic.defaultWeightsPath()
-        text += "\nWeights: " + (weights if weights else "the default model ($DSPNET_WEIGHTS, or weights/ next to the library)")
+        text += "\nWeights: " + (
+            weights if weights else "the default model ($DSPNET_WEIGHTS, or weights/ next to the library)"
+        )
         self.ui.libraryInfoLabel.setText(text)
 
     def updateButtons(self, *_):
-        ready = self.ui.inputVolumeSelector.currentNode() is not None and self.ui.segmentationSelector.currentNode() is not None
+        ready = (
+            self.ui.inputVolumeSelector.currentNode() is not None
+            and self.ui.segmentationSelector.currentNode() is not None
+        )
         self.ui.segmentButton.enabled = ready and self.task is None
 
     def onOpenSegmentEditor(self):
@@ -153,8 +167,9 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             extent = self.ui.extentLineEdit.text.strip() or "auto"
             with slicer.util.WaitCursor():
-                job = self.logic.prepareJob(volumeNode, segmentationNode, sliceAxis=self.ui.sliceAxisComboBox.currentData,
-                                            extent=extent)
+                job = self.logic.prepareJob(
+                    volumeNode, segmentationNode, sliceAxis=self.ui.sliceAxisComboBox.currentData, extent=extent
+                )
             weights = self.ui.weightsPathLineEdit.currentPath or None
             device = self.ui.deviceComboBox.currentData or "auto"
             self.task = fslogic.SegmentationTask(self.logic, job, weights=weights, device=device).start()
@@ -193,8 +208,10 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if task.cancelled:
                 self._setStatus("Stopped: nothing was changed.")
             elif task.error is not None:
-                self._reportError(task.error, "".join(traceback.format_exception(
-                    type(task.error), task.error, task.error.__traceback__)))
+                self._reportError(
+                    task.error,
+                    "".join(traceback.format_exception(type(task.error), task.error, task.error.__traceback__)),
+                )
             else:
                 volumeNode, segmentationNode = self.taskNodes
                 # One undoable step in the scene (the Segment Editor effect has its own undo).
@@ -222,6 +239,7 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 # FewShotSegmentLogic
 #
 
+
 class FewShotSegmentLogic(ScriptedLoadableModuleLogic, fslogic.FewShotSegmentLogic):
     """The module's logic: the Qt-free ``FewShotSegmentLib.logic.FewShotSegmentLogic`` (see there) with
     Slicer's ScriptedLoadableModuleLogic base. Can be used without the GUI, e.g.::
@@ -239,6 +257,7 @@ class FewShotSegmentLogic(ScriptedLoadableModuleLogic, fslogic.FewShotSegmentLog
 # FewShotSegmentTest
 #
 
+
 class FewShotSegmentTest(ScriptedLoadableModuleTest):
     """Runs the same scenarios as the CI tests (FewShotSegmentLib/testing.py) inside Slicer, plus the
     Few-Shot effect end to end (preview on a worker thread, Apply). Needs the libdspnet repository
@@ -249,6 +268,7 @@ class FewShotSegmentTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         from FewShotSegmentLib import testing
+
         missing = testing.missingPrerequisites()
         if missing:
             # Never a silent pass: a unittest runner reports a skip, a direct call (Reload and Test,
@@ -269,6 +289,7 @@ class FewShotSegmentTest(ScriptedLoadableModuleTest):
 
     def test_CtAxialMatchesCli(self):
         from FewShotSegmentLib import testing
+
         self.delayDisplay("CT liver, axial support: logic vs dspnet segment")
         r = testing.runCtAxialScenario(slicer.mrmlScene, self.workDir, self.weights)
         self.assertEqual(r["result"].segmentNames, ["Liver"])
@@ -276,6 +297,7 @@ class FewShotSegmentTest(ScriptedLoadableModuleTest):
 
     def test_MriSagittalRotatedMatchesCli(self):
         from FewShotSegmentLib import testing
+
         self.delayDisplay("MRI, rotated anisotropic volume, sagittal support: logic vs dspnet segment")
         r = testing.runMriSagittalScenario(slicer.mrmlScene, self.workDir, self.weights)
         self.assertEqual(r["result"].sliceAxis, 2)
@@ -286,6 +308,7 @@ class FewShotSegmentTest(ScriptedLoadableModuleTest):
         writes the same voxels as dspnet segment with the effect's slice range."""
         import time
         from FewShotSegmentLib import testing
+
         self.delayDisplay("Few-Shot effect: preview and apply")
         files = testing.prepareCtFiles(slicer.mrmlScene, self.workDir)
         volume = testing.loadVolume(slicer.mrmlScene, files["image"], name="ct")
@@ -321,8 +344,14 @@ class FewShotSegmentTest(ScriptedLoadableModuleTest):
         effectSelf.onApply()
         editor.setActiveEffect(None)
 
-        cliOut = testing.runCli(files["image"], files["support"], os.path.join(self.workDir, "effect-cli.nrrd"),
-                                self.weights, "k", testing.CT_EXTENT)
+        cliOut = testing.runCli(
+            files["image"],
+            files["support"],
+            os.path.join(self.workDir, "effect-cli.nrrd"),
+            self.weights,
+            "k",
+            testing.CT_EXTENT,
+        )
         cli = testing.slicerArray(testing.loadVolume(slicer.mrmlScene, cliOut, labelmap=True, name="effect-cli"))
         testing.assertSameMask(testing.segmentArray(seg, liverId, volume), cli == 1, "effect Apply vs dspnet segment")
         self.delayDisplay("Effect test passed")

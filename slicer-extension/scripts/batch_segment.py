@@ -28,6 +28,7 @@ def _importLib():
     except ImportError:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "FewShotSegment"))
     from FewShotSegmentLib import logic
+
     return logic
 
 
@@ -42,8 +43,12 @@ def parseArgs(argv):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--axis", default="auto", choices=["auto", "i", "j", "k"], help="slice axis (default auto)")
     p.add_argument("--extent", default="auto", help="auto, all or A:B (slice indices, inclusive)")
-    p.add_argument("--propagation", default="memory", choices=["memory", "independent"],
-                   help="memory: follow the structure slice by slice (default); independent: each slice on its own")
+    p.add_argument(
+        "--propagation",
+        default="memory",
+        choices=["memory", "independent"],
+        help="memory: follow the structure slice by slice (default); independent: each slice on its own",
+    )
     p.add_argument("--segments", default=None, help="comma-separated segment names (default: all painted)")
     p.add_argument("--library", default=None, help="path of libdspnet (default: DSPNET_LIBRARY, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -52,6 +57,7 @@ def parseArgs(argv):
 
 def _newScene():
     import slicer
+
     scene = getattr(slicer, "mrmlScene", None)
     if scene is None:  # slicer-core: no application scene
         scene = slicer.vtkMRMLScene()
@@ -60,6 +66,7 @@ def _newScene():
 
 def loadInputs(scene, args, fslogic):
     import slicer
+
     fslogic.ensureSegmentationConverterRules()
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "FewShotInput")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -98,6 +105,7 @@ def loadInputs(scene, args, fslogic):
 def writeOutput(scene, args, volume, segmentation):
     import slicer
     import vtk
+
     out = args.output
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if out.lower().endswith(".seg.nrrd"):
@@ -131,10 +139,17 @@ def main(argv=None):
             if not args.quiet:
                 print(f"\rslice {done}/{total}", end="", file=sys.stderr, flush=True)
 
-        result = logic.segment(volume, segmentation, segmentIds=segmentIds,
-                               sliceAxis=None if args.axis == "auto" else args.axis, weights=args.weights,
-                               device=args.device, extent=args.extent, propagation=args.propagation,
-                               progress=progress)
+        result = logic.segment(
+            volume,
+            segmentation,
+            segmentIds=segmentIds,
+            sliceAxis=None if args.axis == "auto" else args.axis,
+            weights=args.weights,
+            device=args.device,
+            extent=args.extent,
+            propagation=args.propagation,
+            progress=progress,
+        )
         if not args.quiet:
             print(file=sys.stderr)
         writeOutput(scene, args, volume, segmentation)

@@ -4,6 +4,7 @@ the structure propagated to the others.
 
     python slicer-extension/scripts/make_icons.py
 """
+
 import os
 
 from PIL import Image, ImageDraw

@@ -194,7 +194,10 @@ pub(crate) fn boundary_status(function: &str, body: impl FnOnce() -> Result<(), 
             f.status
         }
         Err(payload) => {
-            set_last_error(Some(format!("{function}: internal error (Rust panic caught at the API boundary): {}", panic_text(&*payload))));
+            set_last_error(Some(format!(
+                "{function}: internal error (Rust panic caught at the API boundary): {}",
+                panic_text(&*payload)
+            )));
             DSPNET_ERROR_PANIC
         }
     }
@@ -206,7 +209,10 @@ pub(crate) fn boundary_value<T>(function: &str, fallback: T, body: impl FnOnce()
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(v) => v,
         Err(payload) => {
-            set_last_error(Some(format!("{function}: internal error (Rust panic caught at the API boundary): {}", panic_text(&*payload))));
+            set_last_error(Some(format!(
+                "{function}: internal error (Rust panic caught at the API boundary): {}",
+                panic_text(&*payload)
+            )));
             fallback
         }
     }
@@ -225,7 +231,10 @@ macro_rules! ffi_boundary {
         $crate::capi::error::boundary_value($name, $fallback, move || $body)
     };
     ($name:literal, $body:block) => {
-        $crate::capi::error::boundary_status($name, move || -> ::std::result::Result<(), $crate::capi::error::Failure> { $body })
+        $crate::capi::error::boundary_status(
+            $name,
+            move || -> ::std::result::Result<(), $crate::capi::error::Failure> { $body },
+        )
     };
 }
 pub(crate) use ffi_boundary;

@@ -176,7 +176,11 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
     let axis = match o.slice_axis {
         -1 => AxisChoice::Auto,
         a @ 0..=2 => AxisChoice::Fixed(a as usize),
-        a => return Err(Failure::invalid(format!("options->slice_axis is {a}; expected 0 (i), 1 (j), 2 (k) or -1 (auto)"))),
+        a => {
+            return Err(Failure::invalid(format!(
+                "options->slice_axis is {a}; expected 0 (i), 1 (j), 2 (k) or -1 (auto)"
+            )))
+        }
     };
     let modality = match o.modality {
         DSPNET_MODALITY_AUTO => ModalityChoice::Auto,
@@ -213,7 +217,17 @@ pub(crate) unsafe fn read_options(p: *const dspnet_segment_options_t) -> Result<
         Some(unsafe { u16_slice(o.classes, o.num_classes, "options->classes") }?.to_vec())
     };
     Ok(Options {
-        segment: SegmentOptions { axis, modality, extent, fov, components, classes, propagation, head, ..SegmentOptions::default() },
+        segment: SegmentOptions {
+            axis,
+            modality,
+            extent,
+            fov,
+            components,
+            classes,
+            propagation,
+            head,
+            ..SegmentOptions::default()
+        },
         progress: o.progress,
         user_data: o.user_data,
     })
@@ -242,7 +256,11 @@ unsafe fn slice_of<'a, T>(p: *const T, n: usize, what: &str) -> Result<&'a [T], 
     check_aligned(p, what)?;
     let bytes = n.checked_mul(std::mem::size_of::<T>()).filter(|&b| b <= isize::MAX as usize);
     if bytes.is_none() {
-        return Err(DspnetError::Shape(format!("{what}: {n} elements of {} bytes overflow the address space", std::mem::size_of::<T>())).into());
+        return Err(DspnetError::Shape(format!(
+            "{what}: {n} elements of {} bytes overflow the address space",
+            std::mem::size_of::<T>()
+        ))
+        .into());
     }
     // SAFETY: non-null, aligned, size within isize::MAX; validity per the function contract.
     Ok(unsafe { std::slice::from_raw_parts(p, n) })

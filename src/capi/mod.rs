@@ -41,7 +41,8 @@ pub const DSPNET_VERSION_MINOR: u32 = 4;
 /// Crate (release) version, patch part.
 pub const DSPNET_VERSION_PATCH: u32 = 0;
 /// The release version as one comparable number: `(MAJOR << 16) | (MINOR << 8) | PATCH`.
-pub const DSPNET_VERSION_NUMBER: u32 = (DSPNET_VERSION_MAJOR << 16) | (DSPNET_VERSION_MINOR << 8) | DSPNET_VERSION_PATCH;
+pub const DSPNET_VERSION_NUMBER: u32 =
+    (DSPNET_VERSION_MAJOR << 16) | (DSPNET_VERSION_MINOR << 8) | DSPNET_VERSION_PATCH;
 
 /// Element type of a `dspnet_volume_t` buffer: one of the `DSPNET_DTYPE_*` values.
 ///
@@ -145,10 +146,9 @@ fn live_model(handle: *const dspnet_model_t) -> Result<Arc<LoadedModel>, Failure
     if handle.is_null() {
         return Err(Failure::null("model"));
     }
-    registry()
-        .get(&(handle as usize))
-        .cloned()
-        .ok_or_else(|| Failure::invalid("the model handle is not a live model (already freed, or not from dspnet_model_load)"))
+    registry().get(&(handle as usize)).cloned().ok_or_else(|| {
+        Failure::invalid("the model handle is not a live model (already freed, or not from dspnet_model_load)")
+    })
 }
 
 /// An image volume in caller memory (borrowed for the duration of one call, never kept).
@@ -340,7 +340,11 @@ pub extern "C" fn dspnet_status_name(status: c_int) -> *const c_char {
 /// Errors: NULL_ARGUMENT (`out_model`), IO (missing or unreadable file), MODEL_FORMAT (truncated,
 /// foreign or incomplete weights), INVALID_ARGUMENT (unknown device name), BACKEND_UNAVAILABLE.
 #[no_mangle]
-pub unsafe extern "C" fn dspnet_model_load(weights_path: *const c_char, device: *const c_char, out_model: *mut *mut dspnet_model_t) -> dspnet_status_t {
+pub unsafe extern "C" fn dspnet_model_load(
+    weights_path: *const c_char,
+    device: *const c_char,
+    out_model: *mut *mut dspnet_model_t,
+) -> dspnet_status_t {
     ffi_boundary!("dspnet_model_load", {
         if out_model.is_null() {
             return Err(Failure::null("out_model"));
@@ -447,7 +451,9 @@ pub unsafe extern "C" fn dspnet_segment(
     out_labels: *mut u16,
     options: *const dspnet_segment_options_t,
 ) -> dspnet_status_t {
-    ffi_boundary!("dspnet_segment", { unsafe { segment_impl(model, image, support_labels, out_labels, options, std::ptr::null_mut()) } })
+    ffi_boundary!("dspnet_segment", {
+        unsafe { segment_impl(model, image, support_labels, out_labels, options, std::ptr::null_mut()) }
+    })
 }
 
 /// `dspnet_segment()` that also reports what the run did in `*summary` (which may be NULL).
@@ -461,7 +467,9 @@ pub unsafe extern "C" fn dspnet_segment_with_summary(
     options: *const dspnet_segment_options_t,
     summary: *mut dspnet_segment_summary_t,
 ) -> dspnet_status_t {
-    ffi_boundary!("dspnet_segment_with_summary", { unsafe { segment_impl(model, image, support_labels, out_labels, options, summary) } })
+    ffi_boundary!("dspnet_segment_with_summary", {
+        unsafe { segment_impl(model, image, support_labels, out_labels, options, summary) }
+    })
 }
 
 /// Segment one study from files to a file: read `image_path` (NIfTI, NRRD or a DICOM folder) and
@@ -496,7 +504,8 @@ pub unsafe extern "C" fn dspnet_segment_files(
         let summary = unsafe { SummaryOut::read(summary) }?;
         // SAFETY: the caller's callback, per the options' contract.
         let mut callback = unsafe { opts.progress_callback() };
-        let (labels, run) = volume::segment_files(&model.model, &image, &support, &output, &opts.segment, &mut callback)?;
+        let (labels, run) =
+            volume::segment_files(&model.model, &image, &support, &output, &opts.segment, &mut callback)?;
         if let Some(out) = summary {
             // SAFETY: per SummaryOut::read's contract.
             unsafe { write_summary(&out, &run, &labels.data) };
@@ -617,7 +626,11 @@ impl SegmentCall {
     /// As [`new`](Self::new); the buffers are still valid.
     pub(crate) unsafe fn run(
         self,
-        segment: impl FnOnce(&[u16], &volume::SegmentOptions, volume::Progress<'_>) -> crate::Result<(Vec<u16>, volume::SegmentSummary)>,
+        segment: impl FnOnce(
+            &[u16],
+            &volume::SegmentOptions,
+            volume::Progress<'_>,
+        ) -> crate::Result<(Vec<u16>, volume::SegmentSummary)>,
     ) -> Result<(), Failure> {
         let opts = &self.opts;
         // SAFETY: non-null and aligned (checked in new), n elements per the caller contract.
@@ -626,7 +639,10 @@ impl SegmentCall {
         let mut callback = unsafe { opts.progress_callback() };
         let (labels, run) = segment(support, &opts.segment, &mut callback)?;
         if labels.len() != self.n {
-            return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_PANIC, format!("internal error: {} labels for {} voxels", labels.len(), self.n)));
+            return Err(Failure::new(
+                dspnet_status_t::DSPNET_ERROR_PANIC,
+                format!("internal error: {} labels for {} voxels", labels.len(), self.n),
+            ));
         }
         // SAFETY: out_labels is non-null, aligned and holds n elements (caller contract). `labels` is our
         // own allocation, so the ranges never overlap; the borrowed support (which out_labels may alias)
@@ -750,7 +766,10 @@ mod tests {
     #[test]
     fn null_and_invalid_arguments_without_a_model() {
         unsafe {
-            assert_eq!(dspnet_model_load(std::ptr::null(), std::ptr::null(), std::ptr::null_mut()), dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT);
+            assert_eq!(
+                dspnet_model_load(std::ptr::null(), std::ptr::null(), std::ptr::null_mut()),
+                dspnet_status_t::DSPNET_ERROR_NULL_ARGUMENT
+            );
             assert!(message().contains("out_model"), "{}", message());
             let mut m: *mut dspnet_model_t = std::ptr::dangling_mut();
             let st = dspnet_model_load(c"/nonexistent/w.safetensors".as_ptr(), c"cpu".as_ptr(), &mut m);
@@ -772,8 +791,14 @@ mod tests {
             let mut o = std::mem::MaybeUninit::<dspnet_segment_options_t>::uninit();
             dspnet_segment_options_init(o.as_mut_ptr());
             let o = o.assume_init();
-            assert_eq!((o.struct_size, o.slice_axis, o.extent, o.propagation), (128, -1, DSPNET_EXTENT_AUTO, DSPNET_PROPAGATION_MEMORY));
-            assert_eq!((o.head.max_num_sp, o.head.avg_sp_area, o.head.val_wsize, o.head.n_iter, o.head.w1_w2_w3), (5, 100, 2, 10, [0.3, 0.8, 0.3]));
+            assert_eq!(
+                (o.struct_size, o.slice_axis, o.extent, o.propagation),
+                (128, -1, DSPNET_EXTENT_AUTO, DSPNET_PROPAGATION_MEMORY)
+            );
+            assert_eq!(
+                (o.head.max_num_sp, o.head.avg_sp_area, o.head.val_wsize, o.head.n_iter, o.head.w1_w2_w3),
+                (5, 100, 2, 10, [0.3, 0.8, 0.3])
+            );
         }
     }
 }

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use super::error::{ffi_boundary, Failure};
-use super::{dspnet_model_t, dspnet_segment_options_t, dspnet_segment_summary_t, dspnet_status_t, dspnet_volume_t, input, live_model, LoadedModel, SegmentCall};
+use super::{
+    dspnet_model_t, dspnet_segment_options_t, dspnet_segment_summary_t, dspnet_status_t, dspnet_volume_t, input,
+    live_model, LoadedModel, SegmentCall,
+};
 use crate::volume::{self, Session};
 
 /// Feature memory of a session whose options say 0: 1 GiB (about a thousand slices of the default model).
@@ -83,10 +86,9 @@ fn live_session(handle: *const dspnet_session_t) -> Result<Arc<LiveSession>, Fai
     if handle.is_null() {
         return Err(Failure::null("session"));
     }
-    sessions()
-        .get(&(handle as usize))
-        .cloned()
-        .ok_or_else(|| Failure::invalid("the session handle is not a live session (already freed, or not from dspnet_session_create)"))
+    sessions().get(&(handle as usize)).cloned().ok_or_else(|| {
+        Failure::invalid("the session handle is not a live session (already freed, or not from dspnet_session_create)")
+    })
 }
 
 /// Fill `options` with the defaults and set `options->struct_size`. NULL is a no-op.
@@ -95,7 +97,12 @@ pub unsafe extern "C" fn dspnet_session_options_init(options: *mut dspnet_sessio
     ffi_boundary!("dspnet_session_options_init", default = (), {
         if !options.is_null() {
             // SAFETY: the caller provides a writable struct of at least this version's size (any alignment).
-            unsafe { options.write_unaligned(dspnet_session_options_t { struct_size: std::mem::size_of::<dspnet_session_options_t>(), feature_budget_bytes: 0 }) };
+            unsafe {
+                options.write_unaligned(dspnet_session_options_t {
+                    struct_size: std::mem::size_of::<dspnet_session_options_t>(),
+                    feature_budget_bytes: 0,
+                })
+            };
         }
     })
 }
@@ -169,7 +176,9 @@ pub unsafe extern "C" fn dspnet_session_segment(
     out_labels: *mut u16,
     options: *const dspnet_segment_options_t,
 ) -> dspnet_status_t {
-    ffi_boundary!("dspnet_session_segment", { unsafe { session_segment_impl(session, support_labels, out_labels, options, std::ptr::null_mut()) } })
+    ffi_boundary!("dspnet_session_segment", {
+        unsafe { session_segment_impl(session, support_labels, out_labels, options, std::ptr::null_mut()) }
+    })
 }
 
 /// `dspnet_session_segment()` that also reports what the run did in `*summary` (which may be NULL); see
@@ -182,7 +191,9 @@ pub unsafe extern "C" fn dspnet_session_segment_with_summary(
     options: *const dspnet_segment_options_t,
     summary: *mut dspnet_segment_summary_t,
 ) -> dspnet_status_t {
-    ffi_boundary!("dspnet_session_segment_with_summary", { unsafe { session_segment_impl(session, support_labels, out_labels, options, summary) } })
+    ffi_boundary!("dspnet_session_segment_with_summary", {
+        unsafe { session_segment_impl(session, support_labels, out_labels, options, summary) }
+    })
 }
 
 unsafe fn session_segment_impl(
@@ -216,7 +227,10 @@ unsafe fn session_segment_impl(
 /// Errors: NULL_ARGUMENT, INVALID_ARGUMENT (not a live session, struct_size too small), BUSY (the session is
 /// segmenting right now).
 #[no_mangle]
-pub unsafe extern "C" fn dspnet_session_info(session: *const dspnet_session_t, info: *mut dspnet_session_info_t) -> dspnet_status_t {
+pub unsafe extern "C" fn dspnet_session_info(
+    session: *const dspnet_session_t,
+    info: *mut dspnet_session_info_t,
+) -> dspnet_status_t {
     ffi_boundary!("dspnet_session_info", {
         let live = live_session(session)?;
         if info.is_null() {
@@ -227,12 +241,16 @@ pub unsafe extern "C" fn dspnet_session_info(session: *const dspnet_session_t, i
         let size = unsafe { std::ptr::addr_of!((*info).struct_size).read() };
         let full = std::mem::size_of::<dspnet_session_info_t>();
         if size < full {
-            return Err(Failure::invalid(format!("info->struct_size is {size}, smaller than sizeof(dspnet_session_info_t) = {full}")));
+            return Err(Failure::invalid(format!(
+                "info->struct_size is {size}, smaller than sizeof(dspnet_session_info_t) = {full}"
+            )));
         }
         let state = match live.state.try_lock() {
             Ok(s) => s,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_BUSY, "the session is segmenting right now")),
+            Err(TryLockError::WouldBlock) => {
+                return Err(Failure::new(dspnet_status_t::DSPNET_ERROR_BUSY, "the session is segmenting right now"))
+            }
         };
         let stats = state.stats();
         let filled = dspnet_session_info_t {

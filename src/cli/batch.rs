@@ -45,7 +45,10 @@ pub struct BatchArgs {
 
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     let (i, n) = s.split_once('/').ok_or(format!("'{s}': expected I/N, e.g. 0/4"))?;
-    let (i, n) = (i.trim().parse::<usize>().map_err(|_| format!("'{s}': I must be a number"))?, n.trim().parse::<usize>().map_err(|_| format!("'{s}': N must be a number"))?);
+    let (i, n) = (
+        i.trim().parse::<usize>().map_err(|_| format!("'{s}': I must be a number"))?,
+        n.trim().parse::<usize>().map_err(|_| format!("'{s}': N must be a number"))?,
+    );
     if n == 0 || i >= n {
         return Err(format!("'{s}': need 0 <= I < N"));
     }
@@ -91,7 +94,11 @@ struct Outcome {
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p.trim());
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// The study's options: the command line's, with the row's overrides.
@@ -99,7 +106,8 @@ fn study_options(base: &SegmentOptions, row: &HashMap<String, String>) -> std::r
     let mut o = base.clone();
     let get = |k: &str| row.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     if let Some(v) = get("classes") {
-        let classes: std::result::Result<Vec<u16>, _> = v.split([';', ' ', ',']).filter(|c| !c.is_empty()).map(|c| c.parse::<u16>()).collect();
+        let classes: std::result::Result<Vec<u16>, _> =
+            v.split([';', ' ', ',']).filter(|c| !c.is_empty()).map(|c| c.parse::<u16>()).collect();
         o.classes = Some(classes.map_err(|_| format!("classes '{v}': expected label values separated by ';'"))?);
     }
     if let Some(v) = get("axis") {
@@ -127,15 +135,18 @@ fn study_options(base: &SegmentOptions, row: &HashMap<String, String>) -> std::r
     Ok(o)
 }
 
-const KNOWN_COLUMNS: [&str; 10] = ["image", "support", "output", "classes", "axis", "extent", "modality", "fov", "components", "propagation"];
+const KNOWN_COLUMNS: [&str; 10] =
+    ["image", "support", "output", "classes", "axis", "extent", "modality", "fov", "components", "propagation"];
 
 fn read_manifest(path: &Path, base_options: &SegmentOptions) -> Result<Vec<Study>> {
     let bad = |m: String| DspnetError::InvalidArgument(format!("manifest {}: {m}", path.display()));
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_path(path).map_err(|e| match e.kind() {
-        csv::ErrorKind::Io(_) => DspnetError::io(path, std::io::Error::other(e.to_string())),
-        _ => bad(e.to_string()),
-    })?;
-    let header: Vec<String> = reader.headers().map_err(|e| bad(e.to_string()))?.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let mut reader =
+        csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_path(path).map_err(|e| match e.kind() {
+            csv::ErrorKind::Io(_) => DspnetError::io(path, std::io::Error::other(e.to_string())),
+            _ => bad(e.to_string()),
+        })?;
+    let header: Vec<String> =
+        reader.headers().map_err(|e| bad(e.to_string()))?.iter().map(|h| h.to_ascii_lowercase()).collect();
     for required in ["image", "support", "output"] {
         if !header.iter().any(|h| h == required) {
             return Err(bad(format!("the header row has no '{required}' column (columns: {})", header.join(", "))));
@@ -161,7 +172,12 @@ fn read_manifest(path: &Path, base_options: &SegmentOptions) -> Result<Vec<Study
     let mut outputs: HashMap<&Path, usize> = HashMap::new();
     for s in &studies {
         if let Some(first) = outputs.insert(&s.output, s.index) {
-            return Err(bad(format!("rows {} and {} write the same output {}", first + 2, s.index + 2, s.output.display())));
+            return Err(bad(format!(
+                "rows {} and {} write the same output {}",
+                first + 2,
+                s.index + 2,
+                s.output.display()
+            )));
         }
     }
     Ok(studies)
@@ -191,7 +207,8 @@ fn read_journal(path: &Path) -> Result<HashMap<String, bool>> {
 
 /// Append one line and sync it: after this returns the record survives a kill or a power cut.
 fn append_journal(path: &Path, line: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| DspnetError::io(path, e))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| DspnetError::io(path, e))?;
     // One write of the whole line: appends from several shards do not interleave within a line.
     let mut text = line.to_string();
     text.push('\n');
@@ -220,11 +237,17 @@ fn write_report(path: &Path, studies: &[&Study], outcomes: &[Outcome]) -> Result
     dspnet::util::write_atomically(path, |tmp| {
         let io = |e: std::io::Error| DspnetError::io(tmp, e);
         if json {
-            std::fs::write(tmp, serde_json::to_string_pretty(&serde_json::json!({ "studies": rows })).unwrap_or_default()).map_err(io)
+            std::fs::write(
+                tmp,
+                serde_json::to_string_pretty(&serde_json::json!({ "studies": rows })).unwrap_or_default(),
+            )
+            .map_err(io)
         } else {
-            let mut w = csv::Writer::from_path(tmp).map_err(|e| DspnetError::io(tmp, std::io::Error::other(e.to_string())))?;
+            let mut w =
+                csv::Writer::from_path(tmp).map_err(|e| DspnetError::io(tmp, std::io::Error::other(e.to_string())))?;
             let csv_err = |e: csv::Error| DspnetError::io(tmp, std::io::Error::other(e.to_string()));
-            w.write_record(["study", "image", "support", "output", "status", "error", "seconds", "labelled_voxels"]).map_err(csv_err)?;
+            w.write_record(["study", "image", "support", "output", "status", "error", "seconds", "labelled_voxels"])
+                .map_err(csv_err)?;
             for (s, o) in studies.iter().zip(outcomes) {
                 w.write_record([
                     s.index.to_string(),
@@ -275,7 +298,9 @@ pub fn run(a: BatchArgs) -> Result<()> {
             let seconds = t0.elapsed().as_secs_f64();
             let outcome = match r {
                 Ok(v) => Outcome { status: Status::Done, error: None, seconds, labelled_voxels: Some(v) },
-                Err(e) => Outcome { status: Status::Failed, error: Some(e.to_string()), seconds, labelled_voxels: None },
+                Err(e) => {
+                    Outcome { status: Status::Failed, error: Some(e.to_string()), seconds, labelled_voxels: None }
+                }
             };
             append_journal(
                 &journal,
@@ -288,7 +313,9 @@ pub fn run(a: BatchArgs) -> Result<()> {
         };
         if outcome.status == Status::Failed {
             failed += 1;
-            bar.suspend(|| eprintln!("study {} ({}): {}", s.index, s.image.display(), outcome.error.as_deref().unwrap_or("")));
+            bar.suspend(|| {
+                eprintln!("study {} ({}): {}", s.index, s.image.display(), outcome.error.as_deref().unwrap_or(""))
+            });
         }
         outcomes.push(outcome);
         bar.set_message(format!("{failed} failed"));
@@ -310,7 +337,10 @@ pub fn run(a: BatchArgs) -> Result<()> {
         );
     }
     if failed > 0 {
-        return Err(DspnetError::InvalidArgument(format!("{failed} of {} studies failed (see the messages above or the report)", mine.len())));
+        return Err(DspnetError::InvalidArgument(format!(
+            "{failed} of {} studies failed (see the messages above or the report)",
+            mine.len()
+        )));
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use clap::Args;
-use dspnet::model::backbone::{ConvBackend, Profile};
 use dspnet::config::ModelConfig;
+use dspnet::model::backbone::{ConvBackend, Profile};
 use dspnet::model::prototypes::{HeadOptions, SupportEpisode};
 use dspnet::model::{device_from_name, Model, OUTPUT_STRIDE};
 use dspnet::{weights, DspnetError, Result};
@@ -138,7 +138,10 @@ fn per_kind_median(profiles: &[Profile], batch: usize) -> Vec<(&'static str, f64
     let mut out: Vec<(&'static str, f64)> = kinds
         .iter()
         .map(|k| {
-            let v = profiles.iter().map(|p| p.entries.iter().find(|e| e.0 == *k).map_or(0.0, |e| e.1) * 1e3 / batch as f64).collect();
+            let v = profiles
+                .iter()
+                .map(|p| p.entries.iter().find(|e| e.0 == *k).map_or(0.0, |e| e.1) * 1e3 / batch as f64)
+                .collect();
             (*k, median(v))
         })
         .collect();
@@ -182,17 +185,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
             None => weights::default_model_path()?,
         };
         let model = Model::load(&path, &device)?;
-        let b = super::bench_session::SessionBench { image, support: a.support, truth: a.truth, budget_mb: a.feature_budget_mb, json: a.json };
+        let b = super::bench_session::SessionBench {
+            image,
+            support: a.support,
+            truth: a.truth,
+            budget_mb: a.feature_budget_mb,
+            json: a.json,
+        };
         return super::bench_session::run(b, &model, &dspnet::volume::SegmentOptions::default());
     }
     if a.size == 0 || a.size % OUTPUT_STRIDE != 0 || a.slices == 0 {
-        return Err(DspnetError::InvalidArgument("--size must be a positive multiple of 8 and --slices positive".into()));
+        return Err(DspnetError::InvalidArgument(
+            "--size must be a positive multiple of 8 and --slices positive".into(),
+        ));
     }
     let device = device_from_name(Some(&a.device))?;
     let t0 = Instant::now();
     let model = match &a.weights {
         Some(p) => Model::load(p, &device)?,
-        None => Model::from_weights(weights::synthetic_weights(&ModelConfig { depth: a.depth, ..ModelConfig::default() }, 1)?, &device)?,
+        None => Model::from_weights(
+            weights::synthetic_weights(&ModelConfig { depth: a.depth, ..ModelConfig::default() }, 1)?,
+            &device,
+        )?,
     };
     let load_s = t0.elapsed().as_secs_f64();
     let s = a.size;
@@ -328,21 +342,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
             j["max_rel_l2_vs_candle"] = serde_json::json!(max_rel_diff);
         }
         if a.breakdown {
-            j["breakdown_ms_per_slice"] = breakdown.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>().into();
+            j["breakdown_ms_per_slice"] = breakdown
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
             if a.compare {
-                j["candle_breakdown_ms_per_slice"] = candle_breakdown.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>().into();
+                j["candle_breakdown_ms_per_slice"] = candle_breakdown
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
             }
         }
         println!("{j}");
     } else {
         println!("device            {device_name}");
-        println!("model             ResNet-{} ({}), {s}x{s} slices", model.config().depth, model.config().feature_source.as_str());
+        println!(
+            "model             ResNet-{} ({}), {s}x{s} slices",
+            model.config().depth,
+            model.config().feature_source.as_str()
+        );
         println!("threads           {threads}   cpu features: {}", features.join(" "));
         println!("load              {:.2} s", load_s);
         if let Some(info) = bb.fast_path_info() {
             println!("cpu convolutions  {info}");
         }
-        println!("backbone          {backbone:.1} ms/slice (median of {runs} runs of {} slice(s), {} convolutions)", a.batch, backend_name(resolved));
+        println!(
+            "backbone          {backbone:.1} ms/slice (median of {runs} runs of {} slice(s), {} convolutions)",
+            a.batch,
+            backend_name(resolved)
+        );
         if let Some(c) = backbone_cpu {
             println!("backbone CPU time {c:.1} ms/slice (all threads, median)");
         }

@@ -11,7 +11,6 @@ use dspnet::volume::slicing::slice_indices;
 use dspnet::volume::{self, SegmentOptions, Session, VolumeRef};
 use dspnet::{DspnetError, Result};
 
-
 /// Where the session bench's image comes from.
 pub struct SessionBench {
     /// An image file, or `synthetic:NIxNJxNK` for a CT-like phantom of that size.
@@ -52,7 +51,8 @@ fn phantom(dims: [usize; 3]) -> (Vec<f32>, Vec<u16>) {
 }
 
 fn parse_dims(s: &str) -> Result<[usize; 3]> {
-    let d: Vec<usize> = s.split('x').map(|p| p.parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad_dims(s))?;
+    let d: Vec<usize> =
+        s.split('x').map(|p| p.parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad_dims(s))?;
     match d[..] {
         [a, b, c] if a > 0 && b > 0 && c > 0 => Ok([a, b, c]),
         _ => Err(bad_dims(s)),
@@ -60,7 +60,9 @@ fn parse_dims(s: &str) -> Result<[usize; 3]> {
 }
 
 fn bad_dims(s: &str) -> DspnetError {
-    DspnetError::InvalidArgument(format!("--session synthetic:{s}: expected synthetic:NIxNJxNK, e.g. synthetic:512x512x300"))
+    DspnetError::InvalidArgument(format!(
+        "--session synthetic:{s}: expected synthetic:NIxNJxNK, e.g. synthetic:512x512x300"
+    ))
 }
 
 /// Labels of `labels` on slice `z` only (the rest 0).
@@ -100,13 +102,20 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
                 (None, Some(t)) => {
                     let img = dspnet::volume::read_study(path, b.truth.as_ref().expect("truth"))?.0;
                     let dims = img.geometry.dims;
-                    let labelled: Vec<usize> = (0..dims[2]).filter(|&z| slice_indices(dims, 2, z).any(|v| t[v] != 0)).collect();
-                    let z = *labelled.get(labelled.len() / 2).ok_or_else(|| DspnetError::empty_support(None, None, "the truth has no labelled voxel"))?;
+                    let labelled: Vec<usize> =
+                        (0..dims[2]).filter(|&z| slice_indices(dims, 2, z).any(|v| t[v] != 0)).collect();
+                    let z = *labelled
+                        .get(labelled.len() / 2)
+                        .ok_or_else(|| DspnetError::empty_support(None, None, "the truth has no labelled voxel"))?;
                     let mut support = vec![0u16; t.len()];
                     only_slice(t, dims, 2, z, &mut support);
                     (img, support)
                 }
-                (None, None) => return Err(DspnetError::InvalidArgument("--session IMAGE needs --support LABELS or --truth LABELS".into())),
+                (None, None) => {
+                    return Err(DspnetError::InvalidArgument(
+                        "--session IMAGE needs --support LABELS or --truth LABELS".into(),
+                    ))
+                }
             };
             (img.data, img.geometry.dims, img.geometry.spacing, support, truth)
         }
@@ -122,7 +131,10 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
 
     // The correction: the slice the run points at, painted from the truth (or the run's own prediction).
     let axis = s1.axis;
-    let z = *s1.suggested_slices.first().ok_or_else(|| DspnetError::InvalidArgument("the first run predicted nothing: no slice to correct".into()))?;
+    let z = *s1
+        .suggested_slices
+        .first()
+        .ok_or_else(|| DspnetError::InvalidArgument("the first run predicted nothing: no slice to correct".into()))?;
     let mut corrected = support.clone();
     only_slice(truth.as_deref().unwrap_or(&first), dims, axis, z, &mut corrected);
     let t = Instant::now();
@@ -142,7 +154,8 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
         }
     };
     let t = Instant::now();
-    let (_, s3) = volume::segment(model, VolumeRef { data: &image_copy, dims, spacing }, &corrected, opts, &mut |_, _| true)?;
+    let (_, s3) =
+        volume::segment(model, VolumeRef { data: &image_copy, dims, spacing }, &corrected, opts, &mut |_, _| true)?;
     let oneshot_s = t.elapsed().as_secs_f64();
 
     let one_slice = slice_feature_bytes(model);
@@ -177,7 +190,10 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
         return Ok(());
     }
     println!("image             {dims:?}, slice axis {}", ["i", "j", "k"][axis]);
-    println!("first run         {first_s:.2} s ({} slices scored, {} encoded)", s1.slices_processed, after_first.encoded);
+    println!(
+        "first run         {first_s:.2} s ({} slices scored, {} encoded)",
+        s1.slices_processed, after_first.encoded
+    );
     println!("correction        slice {z} (least confident)");
     println!(
         "re-run (session)  {rerun_s:.2} s ({} slices scored, {} encoded, {} chains replayed): {:.3} x the first run",
@@ -186,7 +202,11 @@ pub fn run(b: SessionBench, model: &Model, opts: &SegmentOptions) -> Result<()> 
         after_rerun.chains_replayed - after_first.chains_replayed,
         rerun_s / first_s
     );
-    println!("re-run (no session) {oneshot_s:.2} s ({} slices scored): the session re-run is {:.3} x this", s3.slices_processed, rerun_s / oneshot_s);
+    println!(
+        "re-run (no session) {oneshot_s:.2} s ({} slices scored): the session re-run is {:.3} x this",
+        s3.slices_processed,
+        rerun_s / oneshot_s
+    );
     println!(
         "session holds     {} slices, {:.0} MB of features (budget {:.0} MB, {} dropped), {:.0} MB in all with the image",
         after_rerun.slices,

@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use dspnet::volume::eval::{evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, spearman, Baseline, ClassScore, Method};
-use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
 use dspnet::model::prototypes::HeadOptions;
+use dspnet::volume::eval::{
+    evaluate_alpnet, evaluate_one_slice, evaluate_one_slice_cached, spearman, Baseline, ClassScore, Method,
+};
+use dspnet::volume::{FeatureCache, Propagation, SegmentOptions, VolumeRef};
 use dspnet::{DspnetError, Result};
 
 use super::segment::ModelArgs;
@@ -116,7 +118,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 };
                 let supports: Vec<usize> = scores.iter().flat_map(|s| s.support_slices.clone()).collect();
                 let slices = super::preview::pick_slices(&prediction, img.geometry.dims, axis, &supports);
-                super::preview::write_montage(p, &img.data, &prediction, img.geometry.dims, img.geometry.spacing, axis, &slices)?;
+                super::preview::write_montage(
+                    p,
+                    &img.data,
+                    &prediction,
+                    img.geometry.dims,
+                    img.geometry.spacing,
+                    axis,
+                    &slices,
+                )?;
             }
             scores
         }
@@ -138,16 +148,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         Protocol::Alpnet => "alpnet",
     };
     if a.json {
-        let classes: Vec<_> = scores
-            .iter()
-            .map(|s| {
-                score_json(s)
-            })
-            .collect();
-        println!("{}", serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean, "confidence_spearman": confidence_rank(&scores) }));
+        let classes: Vec<_> = scores.iter().map(score_json).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "protocol": protocol, "method": method.name(), "classes": classes, "mean_dice": mean, "confidence_spearman": confidence_rank(&scores) })
+        );
     } else {
         println!("protocol {protocol}, method {}", method.name());
-        println!("{:>6} {:>8} {:>14} {:>10} {:>10} {:>9} {:>8}", "class", "dice", "dice(extent)", "extent", "predicted", "slices", "seconds");
+        println!(
+            "{:>6} {:>8} {:>14} {:>10} {:>10} {:>9} {:>8}",
+            "class", "dice", "dice(extent)", "extent", "predicted", "slices", "seconds"
+        );
         for s in &scores {
             println!(
                 "{:>6} {:>8.4} {:>14.4} {:>10} {:>10} {:>9} {:>8.1}",
@@ -182,7 +193,8 @@ fn score_json(s: &ClassScore) -> serde_json::Value {
 
 /// Spearman correlation of slice confidence with slice Dice, pooled over the classes' scored slices.
 fn confidence_rank(scores: &[ClassScore]) -> Option<f64> {
-    let pairs: Vec<(f64, f64)> = scores.iter().flat_map(|s| s.slice_scores.iter().map(|&(_, c, d)| (c as f64, d))).collect();
+    let pairs: Vec<(f64, f64)> =
+        scores.iter().flat_map(|s| s.slice_scores.iter().map(|&(_, c, d)| (c as f64, d))).collect();
     spearman(&pairs)
 }
 
@@ -214,10 +226,21 @@ fn summarise(name: &str, scores: &[ClassScore]) -> MethodSummary {
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        if n == 0 { f64::NAN } else if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+        if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
     };
     let n = scores.len().max(1) as f64;
-    let ends = scores.iter().map(|s| s.extent_error().map_or(0, |(a, b)| usize::from(a <= EXTENT_TOLERANCE) + usize::from(b <= EXTENT_TOLERANCE))).sum::<usize>();
+    let ends = scores
+        .iter()
+        .map(|s| {
+            s.extent_error().map_or(0, |(a, b)| usize::from(a <= EXTENT_TOLERANCE) + usize::from(b <= EXTENT_TOLERANCE))
+        })
+        .sum::<usize>();
     MethodSummary {
         name: name.to_string(),
         mean: scores.iter().map(|s| s.dice).sum::<f64>() / n,
@@ -233,7 +256,10 @@ fn summarise(name: &str, scores: &[ClassScore]) -> MethodSummary {
 }
 
 /// The study of `--compare` and `--sweep` (one-slice protocol only) and the model.
-fn one_slice_study(a: &EvalArgs, flag: &str) -> Result<(dspnet::io::Volume<f32>, dspnet::io::Volume<u16>, dspnet::model::Model)> {
+fn one_slice_study(
+    a: &EvalArgs,
+    flag: &str,
+) -> Result<(dspnet::io::Volume<f32>, dspnet::io::Volume<u16>, dspnet::model::Model)> {
     if !matches!(a.protocol, Protocol::OneSlice) || a.support_image.is_some() {
         return Err(DspnetError::InvalidArgument(format!("{flag} applies to --protocol one-slice only")));
     }
@@ -294,12 +320,18 @@ fn compare(a: EvalArgs) -> Result<()> {
                 Some((p, q)) => format!("{:+},{:+}", p as i64 - s.extent.0 as i64, q as i64 - s.extent.1 as i64),
                 None => "-".into(),
             };
-            print!("| {:>6.3} {:>6.3} {:>9} {:>5} {:>5.1} ", s.dice, s.dice_in_extent, ends, s.slices_processed, s.seconds);
+            print!(
+                "| {:>6.3} {:>6.3} {:>9} {:>5} {:>5.1} ",
+                s.dice, s.dice_in_extent, ends, s.slices_processed, s.seconds
+            );
         }
         println!();
     }
     println!();
-    println!("{:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>8} {:>8}", "method", "mean", "median", "mean(ext)", "median(ext)", "ends<=3", "slices", "seconds");
+    println!(
+        "{:>12} {:>10} {:>10} {:>12} {:>14} {:>10} {:>8} {:>8}",
+        "method", "mean", "median", "mean(ext)", "median(ext)", "ends<=3", "slices", "seconds"
+    );
     for m in &summaries {
         println!(
             "{:>12} {:>10.4} {:>10.4} {:>12.4} {:>14.4} {:>9.0}% {:>8} {:>8.1}",
@@ -336,7 +368,11 @@ fn sweep(a: EvalArgs) -> Result<()> {
     let mut rows: Vec<(String, String, Vec<ClassScore>)> = Vec::new();
     let given = base.head.changed();
     let given = if given.is_empty() { "defaults".to_string() } else { given.join(" ") };
-    rows.push(("as given".into(), given, evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &base, &mut cache)?.0));
+    rows.push((
+        "as given".into(),
+        given,
+        evaluate_one_slice_cached(Method::Dspnet(&model), q, &gt.data, &base, &mut cache)?.0,
+    ));
     for (key, values) in &a.sweep {
         for value in values {
             let mut opts = base.clone();
@@ -361,8 +397,10 @@ fn sweep(a: EvalArgs) -> Result<()> {
                 v
             })
             .collect();
-        let head: serde_json::Map<String, serde_json::Value> =
-            dspnet::model::prototypes::HEAD_KEYS.iter().map(|(k, _)| (k.to_string(), serde_json::json!(base.head.get(k)))).collect();
+        let head: serde_json::Map<String, serde_json::Value> = dspnet::model::prototypes::HEAD_KEYS
+            .iter()
+            .map(|(k, _)| (k.to_string(), serde_json::json!(base.head.get(k))))
+            .collect();
         println!(
             "{}",
             serde_json::json!({ "protocol": "one-slice", "propagation": propagation, "head": head, "sweep": results, "copy": summary_json(&copy_summary, &copy) })
@@ -381,7 +419,15 @@ fn sweep(a: EvalArgs) -> Result<()> {
         for s in scores {
             print!(" {:>6.3}", s.dice);
         }
-        println!(" | {:>7.4} {:>7.4} {:>9.4} {:>6.0}% {:>7} {:>7.1}", m.mean, m.median, m.mean_in_extent, 100.0 * m.ends_within, m.slices, m.seconds);
+        println!(
+            " | {:>7.4} {:>7.4} {:>9.4} {:>6.0}% {:>7} {:>7.1}",
+            m.mean,
+            m.median,
+            m.mean_in_extent,
+            100.0 * m.ends_within,
+            m.slices,
+            m.seconds
+        );
     };
     for (key, value, scores) in &rows {
         print_row(key, value, scores);

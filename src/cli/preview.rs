@@ -2,18 +2,32 @@
 
 use std::path::Path;
 
-use dspnet::volume::slicing::{extract_slice, in_plane_axes, slice_shape};
 use dspnet::volume::normalize::percentile;
+use dspnet::volume::slicing::{extract_slice, in_plane_axes, slice_shape};
 use dspnet::{util::write_atomically, DspnetError, Result};
 
 /// Distinct colours for label values 1, 2, ... (cycled).
 const PALETTE: [[u8; 3]; 8] = [
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-    [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
 ];
 
 /// Write a montage of `slices` (indices along `axis`), each scaled to `tile` px high with square pixels.
-pub fn write_montage(path: &Path, image: &[f32], labels: &[u16], dims: [usize; 3], spacing: [f64; 3], axis: usize, slices: &[usize]) -> Result<()> {
+pub fn write_montage(
+    path: &Path,
+    image: &[f32],
+    labels: &[u16],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    axis: usize,
+    slices: &[usize],
+) -> Result<()> {
     if slices.is_empty() {
         return Err(DspnetError::InvalidArgument("no slice to preview".into()));
     }
@@ -69,9 +83,8 @@ pub fn write_montage(path: &Path, image: &[f32], labels: &[u16], dims: [usize; 3
 /// Up to six slices worth showing: the first support slice, and slices spread over the labelled range.
 pub fn pick_slices(labels: &[u16], dims: [usize; 3], axis: usize, supports: &[usize]) -> Vec<usize> {
     let n = dims[axis];
-    let labelled: Vec<usize> = (0..n)
-        .filter(|&z| dspnet::volume::slicing::slice_indices(dims, axis, z).any(|v| labels[v] != 0))
-        .collect();
+    let labelled: Vec<usize> =
+        (0..n).filter(|&z| dspnet::volume::slicing::slice_indices(dims, axis, z).any(|v| labels[v] != 0)).collect();
     let mut out: Vec<usize> = supports.iter().take(1).copied().collect();
     if let (Some(&a), Some(&b)) = (labelled.first(), labelled.last()) {
         for t in 0..5 {

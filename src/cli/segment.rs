@@ -5,16 +5,28 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use dspnet::model::prototypes::HeadOptions;
 use dspnet::model::{device_from_name, Model};
-use dspnet::volume::{self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions};
+use dspnet::volume::{
+    self, AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Propagation, SegmentOptions,
+};
 use dspnet::{weights, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Clone, Copy, ValueEnum)]
-pub enum ModalityArg { Auto, Ct, Mri }
+pub enum ModalityArg {
+    Auto,
+    Ct,
+    Mri,
+}
 #[derive(Clone, Copy, ValueEnum)]
-pub enum FovArg { Slice, Auto }
+pub enum FovArg {
+    Slice,
+    Auto,
+}
 #[derive(Clone, Copy, ValueEnum)]
-pub enum ComponentsArg { Support, All }
+pub enum ComponentsArg {
+    Support,
+    All,
+}
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum PropagationArg {
     /// Follow the structure slice by slice from each painted slice, with a memory of accepted
@@ -264,12 +276,21 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         bar.set_position(done as u64);
         true
     };
-    let (out, summary) = volume::segment_study(&model, &img, &lab, &a.image, &a.output, &a.model.options(), &mut progress)?;
+    let (out, summary) =
+        volume::segment_study(&model, &img, &lab, &a.image, &a.output, &a.model.options(), &mut progress)?;
     bar.finish_and_clear();
     if let Some(p) = &a.preview {
         let supports: Vec<usize> = summary.support_slices.values().flatten().copied().collect();
         let slices = super::preview::pick_slices(&out.data, img.geometry.dims, summary.axis, &supports);
-        super::preview::write_montage(p, &img.data, &out.data, img.geometry.dims, img.geometry.spacing, summary.axis, &slices)?;
+        super::preview::write_montage(
+            p,
+            &img.data,
+            &out.data,
+            img.geometry.dims,
+            img.geometry.spacing,
+            summary.axis,
+            &slices,
+        )?;
     }
     if a.json {
         println!("{}", summary_json(&summary));
@@ -281,7 +302,11 @@ pub fn run(a: SegmentArgs) -> Result<()> {
                 .iter()
                 .map(|&z| format!("{z} ({:.2})", summary.slice_confidence[z].unwrap_or(0.0)))
                 .collect();
-            eprintln!("least confident slices along {} (check or paint next): {}", ["i", "j", "k"][summary.axis], list.join(", "));
+            eprintln!(
+                "least confident slices along {} (check or paint next): {}",
+                ["i", "j", "k"][summary.axis],
+                list.join(", ")
+            );
         }
         let voxels: Vec<String> = summary.voxels_per_class.iter().map(|(c, v)| format!("{c}: {v}")).collect();
         eprintln!(
@@ -312,4 +337,3 @@ pub fn summary_json(s: &volume::SegmentSummary) -> serde_json::Value {
         "suggested_slices": s.suggested_slices,
     })
 }
-

@@ -101,7 +101,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ModalityArg::Ct => dspnet::volume::ModalityChoice::Ct,
         ModalityArg::Mri => dspnet::volume::ModalityChoice::Mri,
     };
-    let sp = SuperpixelOptions { min_size: a.min_size, body_threshold: a.body_threshold, ..SuperpixelOptions::default() };
+    let sp =
+        SuperpixelOptions { min_size: a.min_size, body_threshold: a.body_threshold, ..SuperpixelOptions::default() };
     let t0 = Instant::now();
     let slices = load_slices(&a.images, a.axis, modality, &config.input_normalization, &sp)?;
     let superpixels: usize = slices.iter().map(|s| s.count).sum();
@@ -154,7 +155,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let seconds = t.elapsed().as_secs_f64();
         let step = trainer.step();
         if let Some((file, path)) = log.as_mut() {
-            writeln!(file, "{step},{},{},{},{seconds:.3}", l.loss, l.l_seg, l.l_reg).map_err(|e| DspnetError::io(path.as_path(), e))?;
+            writeln!(file, "{step},{},{},{},{seconds:.3}", l.loss, l.l_seg, l.l_reg)
+                .map_err(|e| DspnetError::io(path.as_path(), e))?;
         }
         if l.loss.is_finite() {
             smoothed = Some(smoothed.map_or(l.loss as f64, |s| 0.95 * s + 0.05 * l.loss as f64));
@@ -173,7 +175,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
 
     let init_name = a.weights.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let meta = HashMap::from([
-        ("description".to_string(), format!("fine-tuned with dspnet train from {init_name}: {} steps, {} trained bottleneck(s), seed {}", trainer.step(), a.trainable_blocks, a.seed)),
+        (
+            "description".to_string(),
+            format!(
+                "fine-tuned with dspnet train from {init_name}: {} steps, {} trained bottleneck(s), seed {}",
+                trainer.step(),
+                a.trainable_blocks,
+                a.seed
+            ),
+        ),
         ("train_steps".to_string(), trainer.step().to_string()),
         ("train_trainable_blocks".to_string(), a.trainable_blocks.to_string()),
         ("train_seed".to_string(), a.seed.to_string()),
@@ -191,7 +201,12 @@ fn open_log(path: &Path, step: usize) -> Result<(std::fs::File, PathBuf)> {
     let mut kept = vec![LOG_HEADER.to_string()];
     if step > 0 {
         if let Ok(text) = std::fs::read_to_string(path) {
-            kept.extend(text.lines().skip(1).filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= step)).map(str::to_string));
+            kept.extend(
+                text.lines()
+                    .skip(1)
+                    .filter(|l| l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= step))
+                    .map(str::to_string),
+            );
         }
     }
     std::fs::write(path, kept.join("\n") + "\n").map_err(io)?;

@@ -24,7 +24,11 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         r.read,
         r.kept,
         r.dropped.len(),
-        if r.has_calibration { "; cls_unit.cal stored but ignored at inference (as the official code does)" } else { "" }
+        if r.has_calibration {
+            "; cls_unit.cal stored but ignored at inference (as the official code does)"
+        } else {
+            ""
+        }
     );
     match r.config {
         Ok(c) => println!("complete ResNet-{} DSPNet model ({} features)", c.depth, c.feature_source.as_str()),
@@ -43,7 +47,14 @@ pub fn info(a: InfoArgs) -> Result<()> {
     let w = weights::load_safetensors(&a.file)?;
     let c = &w.config;
     println!("file:            {}", a.file.display());
-    println!("architecture:    ResNet-{} (output stride 8), features from {}, projection {} -> {}{}", c.depth, c.feature_source.as_str(), c.feature_source.channels(), c.feature_channels, if c.projection_bias { " with bias" } else { "" });
+    println!(
+        "architecture:    ResNet-{} (output stride 8), features from {}, projection {} -> {}{}",
+        c.depth,
+        c.feature_source.as_str(),
+        c.feature_source.channels(),
+        c.feature_channels,
+        if c.projection_bias { " with bias" } else { "" }
+    );
     println!("input:           {}", c.input_normalization.to_metadata());
     println!("tensors:         {}", w.tensors.len() + usize::from(w.calibration.is_some()));
     println!("parameters:      {} ({:.1} MB as f32)", w.parameter_count(), w.parameter_count() as f64 * 4.0 / 1e6);
@@ -132,7 +143,10 @@ pub struct ImportArgs {
 }
 
 fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())).filter(|(k, _)| !k.is_empty()).ok_or_else(|| format!("'{s}': expected KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{s}': expected KEY=VALUE"))
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
@@ -193,7 +207,9 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
     use dspnet::model::projection::FeatureMoments;
     use dspnet::volume::{ModalityChoice, PreparedVolume, VolumeRef};
     if a.axis > 2 || a.slices_per_volume == 0 {
-        return Err(dspnet::DspnetError::InvalidArgument("--axis must be 0, 1 or 2 and --slices-per-volume positive".into()));
+        return Err(dspnet::DspnetError::InvalidArgument(
+            "--axis must be 0, 1 or 2 and --slices-per-volume positive".into(),
+        ));
     }
     let device = dspnet::model::device_from_name(Some(&a.device))?;
     let w = weights::load_safetensors(&a.weights)?;
@@ -205,7 +221,12 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
     for path in &a.images {
         let img = dspnet::io::read_image(path)?;
         let g = &img.geometry;
-        let vol = PreparedVolume::new(&model, VolumeRef { data: &img.data, dims: g.dims, spacing: g.spacing }, a.axis, ModalityChoice::Auto)?;
+        let vol = PreparedVolume::new(
+            &model,
+            VolumeRef { data: &img.data, dims: g.dims, spacing: g.spacing },
+            a.axis,
+            ModalityChoice::Auto,
+        )?;
         let frame = vol.frame(None)?;
         let n = vol.slices();
         let picks = a.slices_per_volume.min(n);
@@ -221,7 +242,11 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
     let w0 = w.tensors["projection.weight"].to_dtype(DType::F64)?;
     let (c0, cin) = (w0.dim(0)?, w0.dim(1)?);
     let w0 = w0.reshape((c0, cin))?;
-    let pc = Tensor::from_vec(p.weight.iter().map(|&v| v as f64).collect::<Vec<_>>(), (a.channels, c0), &candle_core::Device::Cpu)?;
+    let pc = Tensor::from_vec(
+        p.weight.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        (a.channels, c0),
+        &candle_core::Device::Cpu,
+    )?;
     let weight = pc.matmul(&w0)?.reshape((a.channels, cin, 1, 1))?;
     let b0 = match w.tensors.get("projection.bias") {
         Some(b) => b.to_dtype(DType::F64)?.to_vec1::<f64>()?,
@@ -259,13 +284,20 @@ pub fn fit_projection(a: FitProjectionArgs) -> Result<()> {
         ),
     );
     weights::save_safetensors_mixed(&a.output, &config, &tensors, &extra)?;
-    println!("{}: projection {c0} -> {} fitted on {} feature cells, keeps {:.1}% of the variance", a.output.display(), a.channels, moments.count(), 100.0 * p.explained);
+    println!(
+        "{}: projection {c0} -> {} fitted on {} feature cells, keeps {:.1}% of the variance",
+        a.output.display(),
+        a.channels,
+        moments.count(),
+        100.0 * p.explained
+    );
     Ok(())
 }
 
 /// The last two components of a path ("ct-liver/image.nii.gz"): enough to tell scans apart in metadata
 /// without recording the machine's folders.
 fn short_name(p: &std::path::Path) -> String {
-    let parts: Vec<String> = p.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
+    let parts: Vec<String> =
+        p.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
     parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }

@@ -133,7 +133,9 @@ fn check_element_lengths(path: &Path) -> Result<()> {
     r.read_exact(&mut value).map_err(|_| bad("file meta group length truncated".into()))?;
     let group_length = u64::from(u32::from_le_bytes(value));
     if 144 + group_length > file_len {
-        return Err(bad(format!("file meta group length {group_length} is more than the file holds ({file_len} bytes)")));
+        return Err(bad(format!(
+            "file meta group length {group_length} is more than the file holds ({file_len} bytes)"
+        )));
     }
     let mut ts = String::new();
     let mut consumed = 0u64;
@@ -149,7 +151,10 @@ fn check_element_lengths(path: &Path) -> Result<()> {
             ts = String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string();
         } else {
             skip(&mut r, len).map_err(|_| {
-                bad(format!("file meta element ({:02x}{:02x},{:02x}{:02x}) claims {len} bytes, more than the file holds", tag[1], tag[0], tag[3], tag[2]))
+                bad(format!(
+                    "file meta element ({:02x}{:02x},{:02x}{:02x}) claims {len} bytes, more than the file holds",
+                    tag[1], tag[0], tag[3], tag[2]
+                ))
             })?;
         }
         consumed += 4 + header as u64 + u64::from(len);
@@ -166,13 +171,16 @@ fn check_element_lengths(path: &Path) -> Result<()> {
         if read_or_eof(&mut body, &mut tag).map_err(|e| bad(format!("data set unreadable: {e}")))? {
             return Ok(());
         }
-        let group = if big_endian { u16::from_be_bytes([tag[0], tag[1]]) } else { u16::from_le_bytes([tag[0], tag[1]]) };
-        let element = if big_endian { u16::from_be_bytes([tag[2], tag[3]]) } else { u16::from_le_bytes([tag[2], tag[3]]) };
+        let group =
+            if big_endian { u16::from_be_bytes([tag[0], tag[1]]) } else { u16::from_le_bytes([tag[0], tag[1]]) };
+        let element =
+            if big_endian { u16::from_be_bytes([tag[2], tag[3]]) } else { u16::from_le_bytes([tag[2], tag[3]]) };
         // Items and delimiters have no VR, in every transfer syntax.
-        let (len, _) = element_length(&mut body, explicit && group != 0xFFFE, big_endian).map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => bad(format!("element ({group:04x},{element:04x}): {e}")),
-            _ => bad(format!("element ({group:04x},{element:04x}) truncated")),
-        })?;
+        let (len, _) =
+            element_length(&mut body, explicit && group != 0xFFFE, big_endian).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => bad(format!("element ({group:04x},{element:04x}): {e}")),
+                _ => bad(format!("element ({group:04x},{element:04x}) truncated")),
+            })?;
         // An undefined length opens a sequence, an item or encapsulated pixel data: walk into it. An item
         // of defined length is walked too (its content is elements); everything else is skipped whole.
         if len != UNDEFINED_LENGTH && !(group == 0xFFFE && element == 0xE000) {
@@ -240,7 +248,8 @@ fn read_or_eof(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<boo
     Ok(false)
 }
 
-/// The value length after a tag and the header bytes read for it: explicit VR (2-byte VR, then a 2- or 4-byte length) or implicit (4 bytes).
+/// The value length after a tag and the header bytes read for it: explicit VR (2-byte VR, then a 2- or 4-byte length)
+/// or implicit (4 bytes).
 /// A binary VR whose length is not a whole number of its values is an error here: dicom-rs reads the
 /// whole values only and would then parse the rest of the value as the next element header.
 fn element_length(r: &mut dyn std::io::Read, explicit: bool, big_endian: bool) -> std::io::Result<(u32, usize)> {

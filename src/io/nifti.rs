@@ -577,7 +577,8 @@ fn build_header(labels: &Volume<u16>, like: Option<&Header>, datatype: i16, bitp
     put(&mut h, 108, &352f32.to_le_bytes()); // vox_offset
     put(&mut h, 112, &1f32.to_le_bytes()); // scl_slope
     put(&mut h, 116, &0f32.to_le_bytes()); // scl_inter
-                                           // Codes: keep the like image's (e.g. 4 = MNI152) where set; 1 = scanner otherwise.
+                                           // Codes: keep the like image's (e.g. 4 = MNI152) where set; 1 = scanner
+                                           // otherwise.
     let (like_q, like_s) = like.map(|l| (l.qform_code, l.sform_code)).unwrap_or((0, 0));
     let valid = |c: i32| (1..=5).contains(&c);
     let sform_code = if valid(like_s) {

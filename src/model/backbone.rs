@@ -46,7 +46,9 @@ impl ConvBackend {
             "auto" => Ok(ConvBackend::Auto),
             "candle" => Ok(ConvBackend::Candle),
             "fast" => Ok(ConvBackend::Fast),
-            o => Err(DspnetError::InvalidArgument(format!("unknown convolution backend '{o}' (expected auto, candle or fast)"))),
+            o => Err(DspnetError::InvalidArgument(format!(
+                "unknown convolution backend '{o}' (expected auto, candle or fast)"
+            ))),
         }
     }
 }
@@ -110,7 +112,15 @@ struct FoldedConv {
 impl FoldedConv {
     /// From f32 weight [O, I, kh, kw] and bias [O] on the CPU: packed for the fast path when `pack`,
     /// candle tensors on `device` otherwise.
-    fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize, dilation: usize, device: &Device, pack: bool) -> Result<Self> {
+    fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+        device: &Device,
+        pack: bool,
+    ) -> Result<Self> {
         let (o, i, kh, kw) = weight.dims4()?;
         let kind = match (kh, kw) {
             (1, 1) => "conv 1x1",
@@ -143,7 +153,8 @@ impl FoldedConv {
         let p = self.packed.as_ref().ok_or_else(|| DspnetError::Shape("convolution has no weights".into()))?;
         let (o, i, kh, kw) = p.dims();
         let weight = Tensor::from_vec(p.unpacked_weight(), (o, i, kh, kw), &Device::Cpu)?;
-        let bias = if self.has_bias { Some(Tensor::from_vec(p.unpacked_bias(), (1, o, 1, 1), &Device::Cpu)?) } else { None };
+        let bias =
+            if self.has_bias { Some(Tensor::from_vec(p.unpacked_bias(), (1, o, 1, 1), &Device::Cpu)?) } else { None };
         let _ = self.candle.set(CandleConv { weight, bias });
         Ok(self.candle.get().expect("just set"))
     }
@@ -168,8 +179,18 @@ impl FoldedConv {
     }
 
     /// Fast path: relu?(conv(x) + bias [+ residual]).
-    fn forward_fast(&self, x: &Nhwc, residual: Option<Nhwc>, relu: bool, kern: KernelFn, prof: &mut Option<&mut Profile>) -> Result<Nhwc> {
-        let p = self.packed.as_ref().ok_or_else(|| DspnetError::InvalidArgument("the CPU fast path needs weights loaded on the CPU".into()))?;
+    fn forward_fast(
+        &self,
+        x: &Nhwc,
+        residual: Option<Nhwc>,
+        relu: bool,
+        kern: KernelFn,
+        prof: &mut Option<&mut Profile>,
+    ) -> Result<Nhwc> {
+        let p = self
+            .packed
+            .as_ref()
+            .ok_or_else(|| DspnetError::InvalidArgument("the CPU fast path needs weights loaded on the CPU".into()))?;
         timed(prof, self.kind, || p.forward(x, residual, relu, kern))
     }
 }
@@ -295,7 +316,8 @@ impl Backbone {
             });
         }
         let proj_w = take(tensors, "projection.weight")?.to_dtype(DType::F32)?;
-        let proj_b = if config.projection_bias { Some(take(tensors, "projection.bias")?.to_dtype(DType::F32)?) } else { None };
+        let proj_b =
+            if config.projection_bias { Some(take(tensors, "projection.bias")?.to_dtype(DType::F32)?) } else { None };
         let projection = FoldedConv::new(proj_w, proj_b, 1, 0, 1, device, pack)?.with_kind("projection 1x1");
         Ok(Backbone {
             stem_rgb: stem_rgb.with_kind("stem conv"),
@@ -370,7 +392,12 @@ impl Backbone {
     }
 
     /// As [`forward_traced`](Self::forward_traced) with a chosen implementation.
-    pub fn forward_traced_with(&self, x: &Tensor, backend: ConvBackend, mut on_block: impl FnMut(usize, &Tensor)) -> Result<StageOutputs> {
+    pub fn forward_traced_with(
+        &self,
+        x: &Tensor,
+        backend: ConvBackend,
+        mut on_block: impl FnMut(usize, &Tensor),
+    ) -> Result<StageOutputs> {
         self.run(x, backend, Some(&mut on_block), None)
     }
 
@@ -383,14 +410,23 @@ impl Backbone {
     /// output [B, channels, H/8, W/8] (for training, where the rest of the network is trained).
     pub fn forward_prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
         if blocks > self.num_blocks() {
-            return Err(DspnetError::InvalidArgument(format!("the backbone has {} bottlenecks, not {blocks}", self.num_blocks())));
+            return Err(DspnetError::InvalidArgument(format!(
+                "the backbone has {} bottlenecks, not {blocks}",
+                self.num_blocks()
+            )));
         }
         let mut prof = None;
         match self.resolve_backend(ConvBackend::Auto, x.device()) {
             ConvBackend::Fast => {
                 let (b, c, h, w) = x.dims4()?;
                 let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let y = self.stem_conv(c)?.forward_fast(&Nhwc::from_nchw(&v, b, c, h, w), None, true, self.kernel, &mut prof)?;
+                let y = self.stem_conv(c)?.forward_fast(
+                    &Nhwc::from_nchw(&v, b, c, h, w),
+                    None,
+                    true,
+                    self.kernel,
+                    &mut prof,
+                )?;
                 let mut y = conv::max_pool_3x3s2(&y);
                 for block in self.layers.iter().flatten().take(blocks) {
                     y = block.forward_fast(y, self.kernel, &mut prof)?;
@@ -407,7 +443,13 @@ impl Backbone {
         }
     }
 
-    fn run(&self, x: &Tensor, backend: ConvBackend, trace: Option<BlockHook>, mut prof: Option<&mut Profile>) -> Result<StageOutputs> {
+    fn run(
+        &self,
+        x: &Tensor,
+        backend: ConvBackend,
+        trace: Option<BlockHook>,
+        mut prof: Option<&mut Profile>,
+    ) -> Result<StageOutputs> {
         match self.resolve_backend(backend, x.device()) {
             ConvBackend::Fast => self.run_fast(x, trace, prof),
             _ => {
@@ -435,14 +477,20 @@ impl Backbone {
         }
     }
 
-    fn run_fast(&self, x: &Tensor, mut trace: Option<BlockHook>, mut prof: Option<&mut Profile>) -> Result<StageOutputs> {
+    fn run_fast(
+        &self,
+        x: &Tensor,
+        mut trace: Option<BlockHook>,
+        mut prof: Option<&mut Profile>,
+    ) -> Result<StageOutputs> {
         if !x.device().is_cpu() || !self.packed {
             return Err(DspnetError::InvalidArgument(
                 "the CPU fast path needs a model loaded on the CPU with packed weights (x86-64 with AVX2+FMA, or DSPNET_CPU_CONV=fast) and input on the CPU".into(),
             ));
         }
         let kern = self.kernel;
-        let to_tensor = |a: &Nhwc| -> Result<Tensor> { Ok(Tensor::from_vec(a.to_nchw(), (a.n, a.c, a.h, a.w), &Device::Cpu)?) };
+        let to_tensor =
+            |a: &Nhwc| -> Result<Tensor> { Ok(Tensor::from_vec(a.to_nchw(), (a.n, a.c, a.h, a.w), &Device::Cpu)?) };
         let (b, c, h, w) = x.dims4()?;
         let stem_conv = self.stem_conv(c)?;
         let input = timed(&mut prof, "layout", || {

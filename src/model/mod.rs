@@ -9,10 +9,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::config::ModelConfig;
 use crate::weights::{self, ModelWeights};
 use crate::{DspnetError, Result};
 use backbone::Backbone;
-use crate::config::ModelConfig;
 
 /// The configuration types live in [`crate::config`], below both the network and the weight loader;
 /// re-exported here, where they were first published.
@@ -32,16 +32,21 @@ pub fn device_from_name(name: Option<&str>) -> Result<Device> {
         n if n == "cuda" || n.starts_with("cuda:") => {
             let ordinal = match n.strip_prefix("cuda:") {
                 None => 0,
-                Some(i) => i.parse::<usize>().map_err(|_| DspnetError::InvalidArgument(format!("bad device '{n}': expected cuda:N")))?,
+                Some(i) => i
+                    .parse::<usize>()
+                    .map_err(|_| DspnetError::InvalidArgument(format!("bad device '{n}': expected cuda:N")))?,
             };
             if !cfg!(feature = "cuda") {
                 return Err(DspnetError::BackendUnavailable(format!(
                     "device '{n}' requested, but this libdspnet was built without CUDA support (build with --features cuda)"
                 )));
             }
-            Device::new_cuda(ordinal).map_err(|e| DspnetError::BackendUnavailable(format!("cannot open CUDA device {ordinal}: {e}")))
+            Device::new_cuda(ordinal)
+                .map_err(|e| DspnetError::BackendUnavailable(format!("cannot open CUDA device {ordinal}: {e}")))
         }
-        other => Err(DspnetError::InvalidArgument(format!("unknown device '{other}' (expected cpu, cuda, cuda:N or auto)"))),
+        other => {
+            Err(DspnetError::InvalidArgument(format!("unknown device '{other}' (expected cpu, cuda, cuda:N or auto)")))
+        }
     }
 }
 
@@ -99,7 +104,10 @@ impl Model {
             .and_then(|v| v.checked_mul(width))
             .ok_or_else(|| DspnetError::Shape("slice batch size overflows".into()))?;
         if data.len() != n {
-            return Err(DspnetError::Shape(format!("{} values given for {batch} slices of {height}x{width}", data.len())));
+            return Err(DspnetError::Shape(format!(
+                "{} values given for {batch} slices of {height}x{width}",
+                data.len()
+            )));
         }
         self.encode(&Tensor::from_slice(data, (batch, height, width), &Device::Cpu)?)
     }

@@ -32,7 +32,13 @@ pub struct PrincipalProjection {
 
 impl FeatureMoments {
     pub fn new(channels: usize) -> Self {
-        FeatureMoments { channels, count: 0, shift: None, sum: vec![0.0; channels], outer: vec![0.0; channels * channels] }
+        FeatureMoments {
+            channels,
+            count: 0,
+            shift: None,
+            sum: vec![0.0; channels],
+            outer: vec![0.0; channels * channels],
+        }
     }
 
     /// Number of feature vectors seen.

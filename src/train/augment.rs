@@ -29,7 +29,15 @@ pub struct AugmentOptions {
 
 impl Default for AugmentOptions {
     fn default() -> Self {
-        AugmentOptions { rotation: 5.0, translation: 5.0, shear: 5.0, zoom: (0.9, 1.2), elastic_sigma: 5.0, elastic_alpha: 10.0, gamma: (0.5, 1.5) }
+        AugmentOptions {
+            rotation: 5.0,
+            translation: 5.0,
+            shear: 5.0,
+            zoom: (0.9, 1.2),
+            elastic_sigma: 5.0,
+            elastic_alpha: 10.0,
+            gamma: (0.5, 1.5),
+        }
     }
 }
 
@@ -117,4 +125,3 @@ pub fn augment(image: &[f32], mask: &[u8], n: usize, opts: &AugmentOptions, rng:
     out_img.iter_mut().for_each(|v| *v = (r * (((*v - lo) as f64 + 1e-5) / r).powf(gamma) + lo as f64) as f32);
     (out_img, out_mask)
 }
-

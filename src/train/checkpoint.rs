@@ -68,7 +68,9 @@ impl Trainer {
         let expect = |k: &str, want: String, what: &str| -> Result<()> {
             let have = get(k)?;
             if have != want {
-                return Err(bad(format!("was written with {what} {have}, this run has {want}; resume with the same settings")));
+                return Err(bad(format!(
+                    "was written with {what} {have}, this run has {want}; resume with the same settings"
+                )));
             }
             Ok(())
         };
@@ -82,7 +84,12 @@ impl Trainer {
         let load = |name: &str, like: &Tensor| -> Result<Tensor> {
             let view = st.tensor(name).map_err(|_| bad(format!("tensor '{name}' missing")))?;
             if view.dtype() != safetensors::Dtype::F32 || view.shape() != like.dims() {
-                return Err(bad(format!("tensor '{name}' is {:?} {:?}, expected F32 {:?}", view.dtype(), view.shape(), like.dims())));
+                return Err(bad(format!(
+                    "tensor '{name}' is {:?} {:?}, expected F32 {:?}",
+                    view.dtype(),
+                    view.shape(),
+                    like.dims()
+                )));
             }
             Ok(Tensor::from_raw_buffer(view.data(), candle_core::DType::F32, view.shape(), like.device())?)
         };

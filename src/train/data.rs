@@ -24,7 +24,13 @@ pub struct TrainingSlice {
 /// Read `paths`, normalise with `norm`, and keep every slice along `axis` that has superpixels.
 /// Superpixels are computed on the canvas rescaled so that the volume's range maps to [0, 255] (for
 /// the official CT normalisation that is exactly the reference's windowed image).
-pub fn load_slices(paths: &[PathBuf], axis: usize, modality: ModalityChoice, norm: &InputNormalization, sp: &SuperpixelOptions) -> Result<Vec<TrainingSlice>> {
+pub fn load_slices(
+    paths: &[PathBuf],
+    axis: usize,
+    modality: ModalityChoice,
+    norm: &InputNormalization,
+    sp: &SuperpixelOptions,
+) -> Result<Vec<TrainingSlice>> {
     if paths.is_empty() {
         return Err(DspnetError::InvalidArgument("no training images given".into()));
     }
@@ -36,7 +42,10 @@ pub fn load_slices(paths: &[PathBuf], axis: usize, modality: ModalityChoice, nor
         let before = out.len();
         slices_of(path, axis, modality, norm, sp, &mut out)?;
         if out.len() == before {
-            eprintln!("warning: {}: no slice with superpixels inside the body (empty or constant slices?)", path.display());
+            eprintln!(
+                "warning: {}: no slice with superpixels inside the body (empty or constant slices?)",
+                path.display()
+            );
         }
     }
     if out.is_empty() {
@@ -47,7 +56,14 @@ pub fn load_slices(paths: &[PathBuf], axis: usize, modality: ModalityChoice, nor
     Ok(out)
 }
 
-fn slices_of(path: &Path, axis: usize, modality: ModalityChoice, norm: &InputNormalization, sp: &SuperpixelOptions, out: &mut Vec<TrainingSlice>) -> Result<()> {
+fn slices_of(
+    path: &Path,
+    axis: usize,
+    modality: ModalityChoice,
+    norm: &InputNormalization,
+    sp: &SuperpixelOptions,
+    out: &mut Vec<TrainingSlice>,
+) -> Result<()> {
     let vol = crate::io::read_image(path)?;
     let image = VolumeRef { data: &vol.data, dims: vol.geometry.dims, spacing: vol.geometry.spacing };
     let prepared = PreparedVolume::with_normalization(image, axis, modality, norm)?;

@@ -12,7 +12,11 @@ pub const SEG_CLASS_WEIGHTS: [f32; 2] = [0.05, 1.0];
 pub fn cross_entropy(logits: &Tensor, target: &[u8], weights: [f32; 2]) -> Result<Tensor> {
     let (c, h, w) = logits.dims3()?;
     if c != 2 || target.len() != h * w {
-        return Err(DspnetError::Shape(format!("cross-entropy of {:?} logits against {} labels", logits.dims(), target.len())));
+        return Err(DspnetError::Shape(format!(
+            "cross-entropy of {:?} logits against {} labels",
+            logits.dims(),
+            target.len()
+        )));
     }
     let dev = logits.device();
     let l = logits.reshape((2, h * w))?;
@@ -28,4 +32,3 @@ pub fn cross_entropy(logits: &Tensor, target: &[u8], weights: [f32; 2]) -> Resul
     let nll = (lse - picked)?;
     Ok((nll * pixel_weight)?.sum_all()?.affine(1.0 / total as f64, 0.0)?)
 }
-

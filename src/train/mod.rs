@@ -110,7 +110,17 @@ impl Trainer {
         let vars: Vec<_> = net.vars().into_iter().map(|(_, v)| v).collect();
         let sgd = Sgd::new(&vars, opts.momentum, opts.weight_decay)?;
         let fingerprint = checkpoint::fingerprint(&net)?;
-        Ok(Trainer { init, backbone, net, sgd, rng: Rng::new(opts.seed), step: 0, opts, device: device.clone(), fingerprint })
+        Ok(Trainer {
+            init,
+            backbone,
+            net,
+            sgd,
+            rng: Rng::new(opts.seed),
+            step: 0,
+            opts,
+            device: device.clone(),
+            fingerprint,
+        })
     }
 
     /// Steps completed.
@@ -148,18 +158,29 @@ impl Trainer {
                 return Ok(Episode { support_image, support_mask, query_image, query_mask });
             }
         }
-        Err(DspnetError::InvalidArgument("100 episode draws in a row had an empty support mask; are the superpixels tiny?".into()))
+        Err(DspnetError::InvalidArgument(
+            "100 episode draws in a row had an empty support mask; are the superpixels tiny?".into(),
+        ))
     }
 
     /// (L_seg, L_reg) of an episode, differentiable with respect to the trained parameters.
     fn forward(&self, ep: &Episode) -> Result<(Tensor, Tensor)> {
         let n = CANVAS * CANVAS;
-        for (what, len) in [("support image", ep.support_image.len()), ("support mask", ep.support_mask.len()), ("query image", ep.query_image.len()), ("query mask", ep.query_mask.len())] {
+        for (what, len) in [
+            ("support image", ep.support_image.len()),
+            ("support mask", ep.support_mask.len()),
+            ("query image", ep.query_image.len()),
+            ("query mask", ep.query_mask.len()),
+        ] {
             if len != n {
                 return Err(DspnetError::Shape(format!("episode {what} has {len} values, expected {CANVAS}x{CANVAS}")));
             }
         }
-        let x = Tensor::from_vec([ep.support_image.as_slice(), &ep.query_image].concat(), (2, 1, CANVAS, CANVAS), &self.device)?;
+        let x = Tensor::from_vec(
+            [ep.support_image.as_slice(), &ep.query_image].concat(),
+            (2, 1, CANVAS, CANVAS),
+            &self.device,
+        )?;
         // A backbone trained on transposed slices sees them transposed here too, as in Model::encode.
         let transpose = self.init.config.transpose_slices;
         let x = if transpose { x.transpose(2, 3)?.contiguous()? } else { x };
@@ -171,7 +192,8 @@ impl Trainer {
 
         let episode = SupportEpisode::new(&fs, &ep.support_mask, CANVAS, CANVAS, &self.opts.head)?;
         let scores = episode.score(&fq)?; // [2, h, w]
-        let l_seg = loss::cross_entropy(&upsample_logits(&scores, CANVAS, CANVAS)?, &ep.query_mask, loss::SEG_CLASS_WEIGHTS)?;
+        let l_seg =
+            loss::cross_entropy(&upsample_logits(&scores, CANVAS, CANVAS)?, &ep.query_mask, loss::SEG_CLASS_WEIGHTS)?;
 
         // Alignment: the query's predicted mask (argmax at feature resolution) as support, the support
         // scored; no superpixel seeds (the reference's `alignLoss` mode).
@@ -181,11 +203,14 @@ impl Trainer {
             return Ok((l_seg, Tensor::zeros((), candle_core::DType::F32, &self.device)?));
         }
         let canvas_mask: Vec<u8> = (0..h * FEATURE_STRIDE * w * FEATURE_STRIDE)
-            .map(|p| predicted[(p / (w * FEATURE_STRIDE) / FEATURE_STRIDE) * w + (p % (w * FEATURE_STRIDE)) / FEATURE_STRIDE])
+            .map(|p| {
+                predicted[(p / (w * FEATURE_STRIDE) / FEATURE_STRIDE) * w + (p % (w * FEATURE_STRIDE)) / FEATURE_STRIDE]
+            })
             .collect();
         let align_opts = HeadOptions { max_seeds: 0, ..self.opts.head.clone() };
         let align = SupportEpisode::new(&fq, &canvas_mask, h * FEATURE_STRIDE, w * FEATURE_STRIDE, &align_opts)?;
-        let l_reg = loss::cross_entropy(&upsample_logits(&align.score(&fs)?, CANVAS, CANVAS)?, &ep.support_mask, [1.0, 1.0])?;
+        let l_reg =
+            loss::cross_entropy(&upsample_logits(&align.score(&fs)?, CANVAS, CANVAS)?, &ep.support_mask, [1.0, 1.0])?;
         Ok((l_seg, l_reg))
     }
 
@@ -226,7 +251,12 @@ impl Trainer {
     /// optional `cls_unit.cal` and the metadata kept), atomically. `stored` gives the dtype each tensor
     /// had in the initial file (see [`weights::stored_dtypes`]): a half-precision model stays one, and
     /// untouched tensors round-trip exactly; anything not listed is written as f32.
-    pub fn save_model(&self, path: &Path, extra_metadata: &HashMap<String, String>, stored: &HashMap<String, candle_core::DType>) -> Result<()> {
+    pub fn save_model(
+        &self,
+        path: &Path,
+        extra_metadata: &HashMap<String, String>,
+        stored: &HashMap<String, candle_core::DType>,
+    ) -> Result<()> {
         let dtype_of = |name: &str| stored.get(name).copied().unwrap_or(candle_core::DType::F32);
         let mut tensors = BTreeMap::new();
         for (name, t) in &self.init.tensors {

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::{ConvSpec, ModelConfig};
 use crate::model::backbone::{fold_batchnorm, BN_EPS};
+use crate::weights::NamedValues;
 use crate::{DspnetError, Result};
 
 /// One trained convolution, BatchNorm folded in.
@@ -36,13 +37,23 @@ impl Conv {
     /// A convolution of the architecture table (stride 1, padding equal to the dilation).
     fn folded(tensors: &HashMap<String, Tensor>, spec: &ConvSpec, device: &Device) -> Result<Self> {
         if spec.stride != 1 || spec.padding != spec.dilation * (spec.shape[2] / 2) {
-            return Err(DspnetError::InvalidArgument(format!("{} strides or pads unlike a dilated layer; it cannot be trained", spec.name)));
+            return Err(DspnetError::InvalidArgument(format!(
+                "{} strides or pads unlike a dilated layer; it cannot be trained",
+                spec.name
+            )));
         }
         let (w, b) = fold_batchnorm(tensors, &spec.name, &spec.batchnorm)?;
         Self::from_tensors(spec.name.clone(), Some(spec.batchnorm.clone()), &w, Some(&b), spec.dilation, device)
     }
 
-    fn from_tensors(name: String, bn: Option<String>, w: &Tensor, b: Option<&Tensor>, dilation: usize, device: &Device) -> Result<Self> {
+    fn from_tensors(
+        name: String,
+        bn: Option<String>,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        dilation: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let (o, i, kh, kw) = w.dims4()?;
         let weight = Var::from_tensor(&w.reshape((o, i * kh * kw))?.to_device(device)?)?;
         let bias = b.map(|b| Var::from_tensor(&b.reshape((o, 1))?.to_device(device)?)).transpose()?;
@@ -75,12 +86,15 @@ impl Conv {
     }
 
     fn vars(&self) -> impl Iterator<Item = (String, &Var)> {
-        std::iter::once((format!("{}.weight", self.name), &self.weight)).chain(self.bias.as_ref().map(|b| (format!("{}.bias", self.name), b)))
+        std::iter::once((format!("{}.weight", self.name), &self.weight))
+            .chain(self.bias.as_ref().map(|b| (format!("{}.bias", self.name), b)))
     }
 
     /// The weight-file tensors that carry this convolution now.
-    fn export(&self, out: &mut Vec<(String, Vec<usize>, Vec<f32>)>) -> Result<()> {
-        let values = |v: &Var| -> Result<Vec<f32>> { Ok(v.as_tensor().to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?) };
+    fn export(&self, out: &mut Vec<NamedValues>) -> Result<()> {
+        let values = |v: &Var| -> Result<Vec<f32>> {
+            Ok(v.as_tensor().to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+        };
         out.push((format!("{}.weight", self.name), self.shape.to_vec(), values(&self.weight)?));
         let o = self.shape[0];
         match (&self.bn, &self.bias) {
@@ -154,7 +168,10 @@ impl TrainableNet {
                 downsample: spec.downsample.as_ref().map(conv).transpose()?,
             });
         }
-        let pw = tensors.get("projection.weight").ok_or_else(|| DspnetError::ModelFormat("missing projection.weight".into()))?.to_dtype(DType::F32)?;
+        let pw = tensors
+            .get("projection.weight")
+            .ok_or_else(|| DspnetError::ModelFormat("missing projection.weight".into()))?
+            .to_dtype(DType::F32)?;
         let pb = tensors.get("projection.bias").map(|b| b.to_dtype(DType::F32)).transpose()?;
         let projection = Conv::from_tensors("projection".into(), None, &pw, pb.as_ref(), 1, device)?;
         Ok(TrainableNet { prefix_blocks: total - k, blocks: trained, projection })
@@ -176,11 +193,16 @@ impl TrainableNet {
 
     /// Every trained parameter with its name, in a fixed order.
     pub fn vars(&self) -> Vec<(String, &Var)> {
-        self.blocks.iter().flat_map(Block::convs).chain(std::iter::once(&self.projection)).flat_map(Conv::vars).collect()
+        self.blocks
+            .iter()
+            .flat_map(Block::convs)
+            .chain(std::iter::once(&self.projection))
+            .flat_map(Conv::vars)
+            .collect()
     }
 
     /// The weight-file tensors (own names, shapes, values) that replace the initial ones.
-    pub fn export(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn export(&self) -> Result<Vec<NamedValues>> {
         let mut out = Vec::new();
         for conv in self.blocks.iter().flat_map(Block::convs).chain(std::iter::once(&self.projection)) {
             conv.export(&mut out)?;

@@ -60,7 +60,11 @@ pub fn gaussian_blur(img: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f32> {
                 let mut acc = 0f64;
                 for (t, k) in kernel.iter().enumerate() {
                     let off = t as isize - radius;
-                    let v = if along_rows { src[reflect(r as isize + off, h) * w + c] } else { src[r * w + reflect(c as isize + off, w)] };
+                    let v = if along_rows {
+                        src[reflect(r as isize + off, h) * w + c]
+                    } else {
+                        src[r * w + reflect(c as isize + off, w)]
+                    };
                     acc += k * v as f64;
                 }
                 out[r * w + c] = acc as f32;
@@ -191,10 +195,18 @@ pub fn body_mask(img: &[f32], h: usize, w: usize, threshold: f32) -> Vec<bool> {
                 stack.push(q);
             }
         };
-        if r > 0 { visit(p - w) }
-        if r + 1 < h { visit(p + w) }
-        if c > 0 { visit(p - 1) }
-        if c + 1 < w { visit(p + 1) }
+        if r > 0 {
+            visit(p - w)
+        }
+        if r + 1 < h {
+            visit(p + w)
+        }
+        if c > 0 {
+            visit(p - 1)
+        }
+        if c + 1 < w {
+            visit(p + 1)
+        }
     }
     outside.iter().map(|o| !o).collect()
 }
@@ -228,7 +240,13 @@ pub fn default_body_threshold(modality: crate::volume::normalize::Modality) -> f
 /// Superpixel labels of one slice (0 = outside the body, 1..=K) and K. Each superpixel is a
 /// Felzenszwalb segment cut to the body mask, as the reference does; unlike the reference, no segment is
 /// dropped (its segment 0 and largest id are artefacts of its relabelling).
-pub fn pseudo_labels(img255: &[f32], h: usize, w: usize, body_threshold: f32, opts: &SuperpixelOptions) -> (Vec<u16>, usize) {
+pub fn pseudo_labels(
+    img255: &[f32],
+    h: usize,
+    w: usize,
+    body_threshold: f32,
+    opts: &SuperpixelOptions,
+) -> (Vec<u16>, usize) {
     let segments = felzenszwalb(img255, h, w, opts.scale, opts.sigma, opts.min_size);
     let body = body_mask(img255, h, w, body_threshold);
     let mut ids: std::collections::HashMap<u32, u16> = std::collections::HashMap::new();
@@ -245,4 +263,3 @@ pub fn pseudo_labels(img255: &[f32], h: usize, w: usize, body_threshold: f32, op
         .collect();
     (labels, ids.len())
 }
-

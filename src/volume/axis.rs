@@ -33,7 +33,8 @@ pub fn choose_axis(labels: &[u16], dims: [usize; 3], choice: AxisChoice) -> Resu
 
 /// [`choose_axis`] from the labelled slice counts along each axis.
 pub(crate) fn axis_from_counts(counts: [usize; 3], dims: [usize; 3], choice: AxisChoice) -> Result<usize> {
-    let describe = || format!("labels lie on {} slices along i, {} along j, {} along k", counts[0], counts[1], counts[2]);
+    let describe =
+        || format!("labels lie on {} slices along i, {} along j, {} along k", counts[0], counts[1], counts[2]);
     let mut order = [0usize, 1, 2];
     order.sort_by_key(|&a| (counts[a], a));
     match choice {

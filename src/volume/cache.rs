@@ -146,12 +146,26 @@ impl FeatureCache {
 
     /// The recorded chain from `anchor` in direction `dir` for `label`, if its painted mask and settings
     /// are these.
-    pub(crate) fn chain(&self, label: u16, anchor: usize, dir: i64, mask: &[bool], settings: &ChainSettings) -> Option<std::sync::Arc<ChainRecord>> {
+    pub(crate) fn chain(
+        &self,
+        label: u16,
+        anchor: usize,
+        dir: i64,
+        mask: &[bool],
+        settings: &ChainSettings,
+    ) -> Option<std::sync::Arc<ChainRecord>> {
         let canvas = self.canvas?;
         self.chains
             .iter()
             .rev()
-            .find(|(c, r)| *c == canvas && r.label == label && r.anchor == anchor && r.dir == dir && r.mask == mask && &r.settings == settings)
+            .find(|(c, r)| {
+                *c == canvas
+                    && r.label == label
+                    && r.anchor == anchor
+                    && r.dir == dir
+                    && r.mask == mask
+                    && &r.settings == settings
+            })
             .map(|(_, r)| r.clone())
     }
 
@@ -166,10 +180,14 @@ impl FeatureCache {
         if self.transient {
             return;
         }
-        self.chains.retain(|(c, r)| !(*c == canvas && r.label == record.label && r.anchor == record.anchor && r.dir == record.dir));
+        self.chains.retain(|(c, r)| {
+            !(*c == canvas && r.label == record.label && r.anchor == record.anchor && r.dir == record.dir)
+        });
         self.chains.push((canvas, std::sync::Arc::new(record)));
         let limit = self.budget.map_or(usize::MAX, |b| b / 4);
-        while self.chains.len() > 64 || (self.chains.len() > 1 && self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>() > limit) {
+        while self.chains.len() > 64
+            || (self.chains.len() > 1 && self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>() > limit)
+        {
             self.chains.remove(0);
         }
     }
@@ -179,7 +197,12 @@ impl FeatureCache {
     }
 
     pub(crate) fn bind(&mut self, model: &Model, image: &VolumeRef<'_>, axis: usize, modality: Modality) {
-        let key = (model as *const Model as usize, image.data.as_ptr() as usize, image.data.len(), image.spacing.map(f64::to_bits));
+        let key = (
+            model as *const Model as usize,
+            image.data.as_ptr() as usize,
+            image.data.len(),
+            image.spacing.map(f64::to_bits),
+        );
         if self.key != Some(key) {
             self.entries.clear();
             self.chains.clear();
@@ -208,7 +231,8 @@ impl FeatureCache {
         self.entries.insert((canvas, z), Entry { features, bytes, used: self.clock });
         if let Some(budget) = self.budget {
             // Recorded chains count too (they are at most a quarter of the budget).
-            let mut held: usize = self.entries.values().map(|e| e.bytes).sum::<usize>() + self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>();
+            let mut held: usize = self.entries.values().map(|e| e.bytes).sum::<usize>()
+                + self.chains.iter().map(|(_, c)| c.bytes()).sum::<usize>();
             while held > budget && self.entries.len() > 1 {
                 let oldest = *self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| k).expect("non-empty");
                 held -= self.entries.remove(&oldest).map_or(0, |e| e.bytes);

@@ -22,12 +22,24 @@ pub fn keep_connected_to(mask: &[bool], seeds: impl IntoIterator<Item = usize>, 
                 stack.push(n);
             }
         };
-        if i > 0 { visit(v - 1) }
-        if i + 1 < ni { visit(v + 1) }
-        if j > 0 { visit(v - ni) }
-        if j + 1 < nj { visit(v + ni) }
-        if k > 0 { visit(v - ni * nj) }
-        if k + 1 < nk { visit(v + ni * nj) }
+        if i > 0 {
+            visit(v - 1)
+        }
+        if i + 1 < ni {
+            visit(v + 1)
+        }
+        if j > 0 {
+            visit(v - ni)
+        }
+        if j + 1 < nj {
+            visit(v + ni)
+        }
+        if k > 0 {
+            visit(v - ni * nj)
+        }
+        if k + 1 < nk {
+            visit(v + ni * nj)
+        }
     }
     keep
 }

@@ -35,7 +35,8 @@ pub fn suggest_slices(confidence: &[Option<f32>], labelled: &[bool], painted: &[
         return Vec::new();
     };
     let gap = ((last - first + 1) / 10).max(2);
-    let mut candidates: Vec<(f32, usize)> = (first..=last).filter_map(|z| confidence.get(z).copied().flatten().map(|c| (c, z))).collect();
+    let mut candidates: Vec<(f32, usize)> =
+        (first..=last).filter_map(|z| confidence.get(z).copied().flatten().map(|c| (c, z))).collect();
     // Least confident first; ties: nearer the middle of the extent, then the lower slice.
     let mid = (first + last) / 2;
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.abs_diff(mid).cmp(&b.1.abs_diff(mid))).then(a.1.cmp(&b.1)));

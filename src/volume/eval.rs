@@ -46,13 +46,23 @@ struct NaiveRule {
 }
 
 impl NaiveRule {
-    fn fit(baseline: Baseline, image: VolumeRef<'_>, labels: &[u16], axis: usize, z: usize, label: u16) -> Result<Self> {
+    fn fit(
+        baseline: Baseline,
+        image: VolumeRef<'_>,
+        labels: &[u16],
+        axis: usize,
+        z: usize,
+        label: u16,
+    ) -> Result<Self> {
         let mask: Vec<bool> = slice_indices(image.dims, axis, z).map(|v| labels[v] == label).collect();
         let range = match baseline {
             Baseline::Copy => None,
             Baseline::Threshold => {
-                let mut values: Vec<f32> =
-                    slice_indices(image.dims, axis, z).filter(|&v| labels[v] == label).map(|v| image.data[v]).filter(|x| x.is_finite()).collect();
+                let mut values: Vec<f32> = slice_indices(image.dims, axis, z)
+                    .filter(|&v| labels[v] == label)
+                    .map(|v| image.data[v])
+                    .filter(|x| x.is_finite())
+                    .collect();
                 if values.is_empty() {
                     return Err(DspnetError::empty_support(Some(label), Some(z), "no finite intensity under its mask"));
                 }
@@ -84,7 +94,11 @@ pub fn dice(pairs: impl Iterator<Item = (bool, bool)>) -> f64 {
             _ => {}
         }
     }
-    if tp + fp + fn_ == 0 { 1.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 }
+    if tp + fp + fn_ == 0 {
+        1.0
+    } else {
+        2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+    }
 }
 
 /// Spearman's rank correlation of the pairs (ties get their mean rank); None below 3 pairs or when
@@ -149,7 +163,8 @@ impl ClassScore {
 
 /// First and last slice along `axis` containing `label`.
 pub fn class_extent(labels: &[u16], dims: [usize; 3], axis: usize, label: u16) -> Option<(usize, usize)> {
-    let zs: Vec<usize> = (0..dims[axis]).filter(|&z| slice_indices(dims, axis, z).any(|v| labels[v] == label)).collect();
+    let zs: Vec<usize> =
+        (0..dims[axis]).filter(|&z| slice_indices(dims, axis, z).any(|v| labels[v] == label)).collect();
     Some((*zs.first()?, *zs.last()?))
 }
 
@@ -170,7 +185,9 @@ fn classes_of(gt: &[u16], wanted: &Option<Vec<u16>>) -> Result<Vec<u16>> {
         Some(w) => w.clone(),
     };
     if let Some(c) = classes.iter().find(|c| !present.contains(c)) {
-        return Err(DspnetError::InvalidArgument(format!("class {c} does not occur in the ground truth (present: {present:?})")));
+        return Err(DspnetError::InvalidArgument(format!(
+            "class {c} does not occur in the ground truth (present: {present:?})"
+        )));
     }
     if classes.is_empty() {
         return Err(DspnetError::empty_support(None, None, "the ground truth has no labelled voxel"));
@@ -181,7 +198,12 @@ fn classes_of(gt: &[u16], wanted: &Option<Vec<u16>>) -> Result<Vec<u16>> {
 /// `one-slice`: for each class, the middle slice of its extent is the only support; the whole volume is
 /// segmented with `method` and `opts` (as a user would) and scored. Also returns the predictions, classes
 /// overlaid.
-pub fn evaluate_one_slice(method: Method<'_>, image: VolumeRef<'_>, gt: &[u16], opts: &SegmentOptions) -> Result<(Vec<ClassScore>, Vec<u16>)> {
+pub fn evaluate_one_slice(
+    method: Method<'_>,
+    image: VolumeRef<'_>,
+    gt: &[u16],
+    opts: &SegmentOptions,
+) -> Result<(Vec<ClassScore>, Vec<u16>)> {
     evaluate_one_slice_cached(method, image, gt, opts, &mut super::FeatureCache::default())
 }
 
@@ -234,7 +256,8 @@ pub fn evaluate_one_slice_cached(
             }
         }
         let inside = dice((lo..=hi).flat_map(|z| slice_indices(dims, axis, z)).map(|v| (pred[v], gt[v] == label)));
-        let predicted: Vec<usize> = (0..dims[axis]).filter(|&q| slice_indices(dims, axis, q).any(|v| pred[v])).collect();
+        let predicted: Vec<usize> =
+            (0..dims[axis]).filter(|&q| slice_indices(dims, axis, q).any(|v| pred[v])).collect();
         let slice_scores = slice_confidence
             .iter()
             .enumerate()
@@ -261,7 +284,15 @@ pub fn evaluate_one_slice_cached(
 /// prediction, and `opts.components` applies as for the model. The processed slices follow
 /// `opts.extent`, except that `Auto` (which follows a model's predictions) means every slice. Returns
 /// the foreground and the number of processed slices.
-fn naive_one_slice(b: Baseline, image: VolumeRef<'_>, gt: &[u16], axis: usize, z: usize, label: u16, opts: &SegmentOptions) -> Result<(Vec<bool>, usize)> {
+fn naive_one_slice(
+    b: Baseline,
+    image: VolumeRef<'_>,
+    gt: &[u16],
+    axis: usize,
+    z: usize,
+    label: u16,
+    opts: &SegmentOptions,
+) -> Result<(Vec<bool>, usize)> {
     let dims = image.dims;
     let n_slices = dims[axis];
     let slices = match opts.extent {
@@ -309,7 +340,7 @@ pub fn evaluate_alpnet(
         }
     }
     let segmenter = match method {
-        Method::Dspnet(model) => AlpnetSegmenter::Model(AlpnetModel::new(model, s_img, q_img, axis, opts)?),
+        Method::Dspnet(model) => AlpnetSegmenter::Model(Box::new(AlpnetModel::new(model, s_img, q_img, axis, opts)?)),
         Method::Naive(b) => {
             let (s_shape, q_shape) = (slice_shape(s_img.dims, axis), slice_shape(q_img.dims, axis));
             if s_shape != q_shape {
@@ -329,16 +360,20 @@ pub fn evaluate_alpnet(
     let mut out = Vec::new();
     for label in classes_of(q_gt, &opts.classes)? {
         let t0 = Instant::now();
-        let support_list: Vec<usize> = (0..s_img.dims[axis]).filter(|&z| slice_indices(s_img.dims, axis, z).any(|v| s_gt[v] == label)).collect();
+        let support_list: Vec<usize> =
+            (0..s_img.dims[axis]).filter(|&z| slice_indices(s_img.dims, axis, z).any(|v| s_gt[v] == label)).collect();
         if support_list.is_empty() {
             return Err(DspnetError::empty_support(Some(label), None, "it is absent from the support volume"));
         }
         let (lo, hi) = class_extent(q_gt, q_img.dims, axis, label).expect("class present");
         let l = support_list.len();
-        let chunk_support: Vec<usize> = [1.0 / 6.0, 0.5, 5.0 / 6.0].iter().map(|p| support_list[((p * l as f64) as usize).min(l - 1)]).collect();
+        let chunk_support: Vec<usize> =
+            [1.0 / 6.0, 0.5, 5.0 / 6.0].iter().map(|p| support_list[((p * l as f64) as usize).min(l - 1)]).collect();
         let fg = match &segmenter {
             AlpnetSegmenter::Model(m) => m.predict(s_gt, label, &chunk_support, (lo, hi), opts)?,
-            AlpnetSegmenter::Naive(b) => naive_alpnet(*b, support, q_img, axis, label, &chunk_support, (lo, hi), opts.components)?,
+            AlpnetSegmenter::Naive(b) => {
+                naive_alpnet(*b, support, q_img, axis, label, &chunk_support, (lo, hi), opts.components)?
+            }
         };
         let truth = (lo..=hi).flat_map(|z| slice_indices(q_img.dims, axis, z)).map(|v| q_gt[v] == label);
         let d = dice(fg.into_iter().zip(truth));
@@ -360,11 +395,16 @@ pub fn evaluate_alpnet(
 /// The chunk (0, 1, 2) of slice `z` in the extent `lo..=hi`.
 fn chunk_of(z: usize, lo: usize, hi: usize) -> usize {
     let width = (hi - lo) as f64 / 3.0;
-    if width > 0.0 { (((z - lo) as f64 / width).floor() as usize).min(2) } else { 0 }
+    if width > 0.0 {
+        (((z - lo) as f64 / width).floor() as usize).min(2)
+    } else {
+        0
+    }
 }
 
 enum AlpnetSegmenter<'m> {
-    Model(AlpnetModel<'m>),
+    // Boxed: the prepared volumes make it far larger than a baseline.
+    Model(Box<AlpnetModel<'m>>),
     Naive(Baseline),
 }
 
@@ -381,12 +421,23 @@ struct AlpnetModel<'m> {
 }
 
 impl<'m> AlpnetModel<'m> {
-    fn new(model: &'m Model, s_img: VolumeRef<'m>, q_img: VolumeRef<'m>, axis: usize, opts: &SegmentOptions) -> Result<Self> {
+    fn new(
+        model: &'m Model,
+        s_img: VolumeRef<'m>,
+        q_img: VolumeRef<'m>,
+        axis: usize,
+        opts: &SegmentOptions,
+    ) -> Result<Self> {
         let s_vol = PreparedVolume::new(model, s_img, axis, opts.modality)?;
         let q_vol = if std::ptr::eq(s_img.data, q_img.data) {
             None
         } else {
-            Some(PreparedVolume::new(model, q_img, axis, if opts.modality == ModalityChoice::Auto { ModalityChoice::Auto } else { opts.modality })?)
+            Some(PreparedVolume::new(
+                model,
+                q_img,
+                axis,
+                if opts.modality == ModalityChoice::Auto { ModalityChoice::Auto } else { opts.modality },
+            )?)
         };
         let frame = s_vol.frame(None)?;
         let q_frame = q_vol.as_ref().unwrap_or(&s_vol).frame(None)?;
@@ -394,7 +445,14 @@ impl<'m> AlpnetModel<'m> {
     }
 
     /// Foreground of the query slices `lo..=hi`, slice after slice.
-    fn predict(&self, s_gt: &[u16], label: u16, chunk_support: &[usize], (lo, hi): (usize, usize), opts: &SegmentOptions) -> Result<Vec<bool>> {
+    fn predict(
+        &self,
+        s_gt: &[u16],
+        label: u16,
+        chunk_support: &[usize],
+        (lo, hi): (usize, usize),
+        opts: &SegmentOptions,
+    ) -> Result<Vec<bool>> {
         let q_ref = self.q_vol.as_ref().unwrap_or(&self.s_vol);
         let mut episodes = Vec::new();
         for &z in chunk_support {
@@ -496,7 +554,12 @@ mod tests {
 
     const DIMS: [usize; 3] = [24, 24, 20];
 
-    fn one_slice(b: Baseline, (img, gt): &(Vec<f32>, Vec<u16>), extent: ExtentMode, components: ComponentsMode) -> Result<ClassScore> {
+    fn one_slice(
+        b: Baseline,
+        (img, gt): &(Vec<f32>, Vec<u16>),
+        extent: ExtentMode,
+        components: ComponentsMode,
+    ) -> Result<ClassScore> {
         let opts = SegmentOptions { axis: AxisChoice::Fixed(2), extent, components, ..SegmentOptions::default() };
         let image = VolumeRef { data: img, dims: DIMS, spacing: [1.0; 3] };
         Ok(evaluate_one_slice(Method::Naive(b), image, gt, &opts)?.0.remove(0))
@@ -516,7 +579,9 @@ mod tests {
             assert!((s.dice - 0.75).abs() < 1e-9, "{}", s.dice);
         }
         // A cone (radius 2 → 8.6 over the extent): the middle cross-section fits only the middle.
-        let cone = phantom(DIMS, |di, dj, k| (4..=15).contains(&k) && (di * di + dj * dj).sqrt() < 2.0 + 0.6 * (k as f64 - 4.0));
+        let cone = phantom(DIMS, |di, dj, k| {
+            (4..=15).contains(&k) && (di * di + dj * dj).sqrt() < 2.0 + 0.6 * (k as f64 - 4.0)
+        });
         let s = one_slice(Baseline::Copy, &cone, ExtentMode::Range(4, 15), ComponentsMode::Support).unwrap();
         assert!(s.dice_in_extent < 0.8, "{}", s.dice_in_extent);
     }
@@ -547,7 +612,8 @@ mod tests {
 
         // Separate support volume; the query has a second column of the same intensity in a corner, which
         // the support footprint does not overlap.
-        let query = phantom(DIMS, |di, dj, k| (4..=15).contains(&k) && (di * di + dj * dj < 36.0 || (di < -9.0 && dj < -9.0)));
+        let query =
+            phantom(DIMS, |di, dj, k| (4..=15).contains(&k) && (di * di + dj * dj < 36.0 || (di < -9.0 && dj < -9.0)));
         let q_gt: Vec<u16> = cylinder.1.clone();
         let q = VolumeRef { data: &query.0, dims: DIMS, spacing: [1.0; 3] };
         let kept = evaluate_alpnet(Method::Naive(Baseline::Threshold), (v, &cylinder.1), (q, &q_gt), &opts).unwrap();
@@ -559,14 +625,18 @@ mod tests {
         // Pixels are copied, so the in-plane grids must agree.
         let small = phantom([20, 24, 20], |di, dj, k| (4..=15).contains(&k) && di * di + dj * dj < 36.0);
         let sv = VolumeRef { data: &small.0, dims: [20, 24, 20], spacing: [1.0; 3] };
-        let e = evaluate_alpnet(Method::Naive(Baseline::Copy), (sv, &small.1), (v, &cylinder.1), &opts).unwrap_err().to_string();
+        let e = evaluate_alpnet(Method::Naive(Baseline::Copy), (sv, &small.1), (v, &cylinder.1), &opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("same in-plane grid") && e.contains("24x20") && e.contains("24x24"), "{e}");
     }
 
     #[test]
     fn baseline_extent_outside_the_volume_is_refused() {
         let cylinder = phantom(DIMS, |di, dj, k| (4..=15).contains(&k) && di * di + dj * dj < 36.0);
-        let e = one_slice(Baseline::Threshold, &cylinder, ExtentMode::Range(5, 20), ComponentsMode::Support).unwrap_err().to_string();
+        let e = one_slice(Baseline::Threshold, &cylinder, ExtentMode::Range(5, 20), ComponentsMode::Support)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("extent 5:20 is outside slices 0..=19"), "{e}");
     }
 }

@@ -64,11 +64,7 @@ pub fn segment_study(
     progress: Progress<'_>,
 ) -> Result<(Volume<u16>, SegmentSummary)> {
     check_label_output(output)?; // before the work, not after it
-    let view = VolumeRef {
-        data: &img.data,
-        dims: img.geometry.dims,
-        spacing: img.geometry.spacing,
-    };
+    let view = VolumeRef { data: &img.data, dims: img.geometry.dims, spacing: img.geometry.spacing };
     let (labels, summary) = segment(model, view, &support.data, opts, progress)?;
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| DspnetError::io(dir, e))?;

@@ -12,8 +12,21 @@ use crate::model::prototypes::SupportEpisode;
 use crate::Result;
 
 /// Score the class's query slices into `fg` (see [`ClassOutcome`]).
-pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut FeatureCache, keep_queries: bool, ticker: &mut Ticker<'_>) -> Result<ClassOutcome> {
-    let mut scorer = Scorer { pass, feats: SliceFeatures::new(cache, keep_queries), episodes: HashMap::new(), fg, scored: 0, presence: Vec::new() };
+pub fn segment_class(
+    pass: &ClassPass<'_, '_>,
+    fg: Vec<f32>,
+    cache: &mut FeatureCache,
+    keep_queries: bool,
+    ticker: &mut Ticker<'_>,
+) -> Result<ClassOutcome> {
+    let mut scorer = Scorer {
+        pass,
+        feats: SliceFeatures::new(cache, keep_queries),
+        episodes: HashMap::new(),
+        fg,
+        scored: 0,
+        presence: Vec::new(),
+    };
     let vol = pass.vol;
     let painted = pass.painted;
     let (lo, hi) = (painted[0], painted[painted.len() - 1]);
@@ -28,7 +41,8 @@ pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut Feature
             for (i, &z) in order.iter().enumerate() {
                 // The next slices to encode are known: encode them together.
                 if batch > 1 && pass.opts.fov == FovMode::Slice && !scorer.feats.has(z) {
-                    let next: Vec<usize> = order[i..].iter().copied().filter(|&q| !scorer.feats.has(q)).take(batch).collect();
+                    let next: Vec<usize> =
+                        order[i..].iter().copied().filter(|&q| !scorer.feats.has(q)).take(batch).collect();
                     scorer.feats.encoded_ahead(next.len());
                     for (q, f) in next.iter().zip(vol.encode_batch(pass.model, &next, &whole)?) {
                         scorer.feats.ahead.insert(*q, f);
@@ -80,12 +94,15 @@ pub fn segment_class(pass: &ClassPass<'_, '_>, fg: Vec<f32>, cache: &mut Feature
 }
 
 /// Scores query slices against the nearest painted slice, building each painted slice's episode once.
+/// A support episode with the window it was built in and the painted slice's own margin under it.
+type WindowedEpisode = (SupportEpisode, Option<[f64; 4]>, f32);
+
 struct Scorer<'s, 'p, 'v, 'c> {
     pass: &'s ClassPass<'p, 'v>,
     feats: SliceFeatures<'c>,
     /// Episodes keyed by (painted slice, window growth step), with the window they were built in and the
     /// painted slice's own margin under it.
-    episodes: HashMap<(usize, u32), (SupportEpisode, Option<[f64; 4]>, f32)>,
+    episodes: HashMap<(usize, u32), WindowedEpisode>,
     fg: Vec<f32>,
     scored: usize,
     /// (slice, presence) of every scored slice, as memory propagation measures it.

@@ -38,11 +38,11 @@ use slicing::slice_indices;
 
 pub use axis::{choose_axis, labelled_slice_counts};
 pub use cache::{CacheStats, FeatureCache};
-pub use options::{
-    AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Progress, Propagation, SegmentOptions, SegmentSummary,
-    VolumeRef,
-};
 pub use files::{check_memory_limit, read_study, segment_files, segment_study};
+pub use options::{
+    AxisChoice, ComponentsMode, ExtentMode, FovMode, MemoryOptions, ModalityChoice, Progress, Propagation,
+    SegmentOptions, SegmentSummary, VolumeRef,
+};
 pub use prepared::{PreparedVolume, SliceLogits, CANVAS};
 pub use session::Session;
 
@@ -56,7 +56,13 @@ pub fn voxel_count(dims: [usize; 3]) -> Result<usize> {
 /// Segment a volume from its labelled slices. `support` has the image's dims; returns the label volume
 /// (same dims) and a summary. The output is computed in scratch memory: on error or cancel nothing of
 /// the caller's is touched.
-pub fn segment(model: &Model, image: VolumeRef<'_>, support: &[u16], opts: &SegmentOptions, progress: Progress<'_>) -> Result<(Vec<u16>, SegmentSummary)> {
+pub fn segment(
+    model: &Model,
+    image: VolumeRef<'_>,
+    support: &[u16],
+    opts: &SegmentOptions,
+    progress: Progress<'_>,
+) -> Result<(Vec<u16>, SegmentSummary)> {
     segment_cached(model, image, support, opts, progress, &mut FeatureCache::transient())
 }
 
@@ -129,7 +135,11 @@ impl Ticker<'_> {
     }
 
     fn report(&mut self) -> Result<()> {
-        if (self.progress)(self.done, self.total) { Ok(()) } else { Err(DspnetError::Cancelled) }
+        if (self.progress)(self.done, self.total) {
+            Ok(())
+        } else {
+            Err(DspnetError::Cancelled)
+        }
     }
 }
 
@@ -144,7 +154,7 @@ pub fn segment_cached(
 ) -> Result<(Vec<u16>, SegmentSummary)> {
     let t0 = Instant::now();
     let dims = image.dims;
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return Err(DspnetError::Shape(format!("volume dimensions {dims:?} contain a zero")));
     }
     let n = voxel_count(dims)?;
@@ -155,7 +165,10 @@ pub fn segment_cached(
         return Err(DspnetError::Shape(format!("support labels have {} voxels, the image {n}", support.len())));
     }
     if let Some(s) = image.spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        return Err(DspnetError::InvalidArgument(format!("voxel spacing {:?} must be finite and positive (found {s})", image.spacing)));
+        return Err(DspnetError::InvalidArgument(format!(
+            "voxel spacing {:?} must be finite and positive (found {s})",
+            image.spacing
+        )));
     }
     opts.memory.validate()?;
     let present: BTreeSet<u16> = support.iter().copied().filter(|&l| l != 0).collect();
@@ -169,19 +182,28 @@ pub fn segment_cached(
                 return Err(DspnetError::InvalidArgument("the class list is empty".into()));
             }
             if let Some(c) = wanted.iter().find(|c| !present.contains(c)) {
-                return Err(DspnetError::empty_support(Some(*c), None, format!("it is absent from every support slice (labels present: {present:?})")));
+                return Err(DspnetError::empty_support(
+                    Some(*c),
+                    None,
+                    format!("it is absent from every support slice (labels present: {present:?})"),
+                ));
             }
             let set: BTreeSet<u16> = wanted.iter().copied().collect();
             set.into_iter().collect()
         }
     };
     // The axis is judged from the classes being segmented only.
-    let axis = axis::axis_from_counts(axis::slice_counts_where(support, dims, |l| l != 0 && classes.contains(&l)), dims, opts.axis)?;
+    let axis = axis::axis_from_counts(
+        axis::slice_counts_where(support, dims, |l| l != 0 && classes.contains(&l)),
+        dims,
+        opts.axis,
+    )?;
     let vol = PreparedVolume::new(model, image, axis, opts.modality)?;
     let n_slices = vol.slices();
 
     // Support slices (any label) are preserved in the output and never scored.
-    let any_label_slice: Vec<bool> = (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| support[v] != 0)).collect();
+    let any_label_slice: Vec<bool> =
+        (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| support[v] != 0)).collect();
     let mut support_slices = BTreeMap::new();
     for &c in &classes {
         let zs: Vec<usize> = (0..n_slices).filter(|&z| slice_indices(dims, axis, z).any(|v| support[v] == c)).collect();
@@ -254,7 +276,8 @@ pub fn segment_cached(
         }
     }
     let slice_confidence = confidence::slice_confidence(n_slices, &presence);
-    let labelled: Vec<bool> = (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| out[v] != 0 && classes.contains(&out[v]))).collect();
+    let labelled: Vec<bool> =
+        (0..n_slices).map(|z| slice_indices(dims, axis, z).any(|v| out[v] != 0 && classes.contains(&out[v]))).collect();
     let painted: Vec<usize> = (0..n_slices).filter(|&z| any_label_slice[z]).collect();
     let suggested_slices = confidence::suggest_slices(&slice_confidence, &labelled, &painted);
     let summary = SegmentSummary {
@@ -292,7 +315,7 @@ pub fn merge_classes(classes: &[u16], class_fg: &[Vec<f32>]) -> Vec<u16> {
 fn oom(voxels: usize, classes: usize) -> DspnetError {
     DspnetError::OutOfMemory(format!(
         "cannot allocate the score volumes for {classes} class(es) of {voxels} voxels ({} MB each)",
-        voxels * 4 >> 20
+        (voxels * 4) >> 20
     ))
 }
 
@@ -303,7 +326,11 @@ pub(crate) fn self_margin(mask: &[bool], own: &SliceLogits) -> f32 {
     let area = mask.iter().filter(|&&m| m).count();
     let sum: f32 = mask.iter().zip(own.fg.iter().zip(&own.bg)).filter(|(&m, _)| m).map(|(_, (f, b))| f - b).sum();
     let m = sum / area.max(1) as f32;
-    if m.is_finite() && m > 0.0 { m } else { 1.0 }
+    if m.is_finite() && m > 0.0 {
+        m
+    } else {
+        1.0
+    }
 }
 
 /// The painted slice nearest to `z` (ties: the lower index). `painted` is sorted and non-empty.

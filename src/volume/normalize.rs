@@ -15,7 +15,11 @@ impl Modality {
     /// A volume whose 0.5th percentile is below −50 is taken as CT, so that tight soft-tissue crops
     /// (no air, some fat) are still recognised.
     pub fn guess(voxels: &[f32]) -> Modality {
-        if percentile(voxels, 0.5) < -50.0 { Modality::Ct } else { Modality::Mri }
+        if percentile(voxels, 0.5) < -50.0 {
+            Modality::Ct
+        } else {
+            Modality::Mri
+        }
     }
 }
 
@@ -67,7 +71,11 @@ impl Normalizer {
                     Modality::Ct => (low, high),
                     Modality::Mri => {
                         let (lo, hi) = (percentile(voxels, 0.5), percentile(voxels, 99.5));
-                        if hi > lo { (lo, hi) } else { (lo, lo + 1.0) }
+                        if hi > lo {
+                            (lo, hi)
+                        } else {
+                            (lo, lo + 1.0)
+                        }
                     }
                 };
                 Mapping::Window { low, high }
@@ -104,7 +112,11 @@ impl Normalizer {
 /// The official recipe before its z-score: the HU window [-125, 275] scaled to [0, 255] for CT, the
 /// clip at `top` for MRI.
 fn official_pre(v: f32, ct: bool, top: f32) -> f32 {
-    if ct { (((v as f64).clamp(-125.0, 275.0) + 125.0) * 255.0 / 400.0) as f32 } else { v.min(top) }
+    if ct {
+        (((v as f64).clamp(-125.0, 275.0) + 125.0) * 255.0 / 400.0) as f32
+    } else {
+        v.min(top)
+    }
 }
 
 /// Normalise a whole volume in place. Returns the value that padding outside the image should take.
@@ -158,7 +170,10 @@ mod tests {
 
     #[test]
     fn guess_modality() {
-        assert_eq!(Modality::guess(&[-1000.0; 50].iter().chain(&[40.0; 50]).copied().collect::<Vec<_>>()), Modality::Ct);
+        assert_eq!(
+            Modality::guess(&[-1000.0; 50].iter().chain(&[40.0; 50]).copied().collect::<Vec<_>>()),
+            Modality::Ct
+        );
         assert_eq!(Modality::guess(&[0.0, 10.0, 200.0]), Modality::Mri);
         // A soft-tissue CT crop: fat (about -100 HU) but no air.
         let crop: Vec<f32> = (0..1000).map(|i| if i % 10 == 0 { -110.0 } else { 40.0 + (i % 7) as f32 }).collect();

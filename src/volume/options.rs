@@ -134,13 +134,24 @@ impl MemoryOptions {
             return bad("the painted slice's weight must be finite and positive");
         }
         let gain_ok = |g: f32| g.is_finite() && g >= 0.0;
-        if !gain_ok(self.prior_gain) || !gain_ok(self.leak_gate) || !(self.prior_radius_mm.is_finite() && self.prior_radius_mm > 0.0) {
+        if !(gain_ok(self.prior_gain)
+            && gain_ok(self.leak_gate)
+            && self.prior_radius_mm.is_finite()
+            && self.prior_radius_mm > 0.0)
+        {
             return bad("the prior gain and leak gate must be finite and non-negative, the radius finite and positive");
         }
-        if self.presence_threshold.is_nan() || !(self.presence_drop.is_finite() && self.presence_drop >= 0.0) || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0) {
+        if self.presence_threshold.is_nan()
+            || !(self.presence_drop.is_finite() && self.presence_drop >= 0.0)
+            || !(self.min_area_fraction.is_finite() && self.min_area_fraction >= 0.0)
+        {
             return bad("the presence threshold must be a number (-inf accepts every slice), the presence drop and the minimum area fraction finite and non-negative");
         }
-        if !(self.copy_tolerance.is_finite() && self.copy_tolerance >= 0.0 && self.refine_band.is_finite() && self.refine_band >= 0.0) {
+        if !(self.copy_tolerance.is_finite()
+            && self.copy_tolerance >= 0.0
+            && self.refine_band.is_finite()
+            && self.refine_band >= 0.0)
+        {
             return bad("the copy tolerance and the refinement band must be finite and non-negative");
         }
         if !(0.0..=1.0).contains(&self.stop_probability) {
@@ -168,7 +179,8 @@ pub struct SegmentOptions {
     pub memory: MemoryOptions,
     /// Independent propagation, auto extent: stop after this many consecutive slices without the structure.
     pub extent_patience: usize,
-    /// Independent propagation, auto extent: a slice counts as "without the structure" below this fraction of the support area.
+    /// Independent propagation, auto extent: a slice counts as "without the structure" below this fraction of the
+    /// support area.
     pub extent_min_fraction: f64,
     /// Slices per backbone call where the slices to encode are known in advance (extent all or a range,
     /// whole-slice field of view); 0 = from the device and the activation memory budget.

@@ -50,7 +50,12 @@ impl<'a> PreparedVolume<'a> {
     }
 
     /// As [`new`](Self::new) for weights not loaded as a [`Model`] (training).
-    pub fn with_normalization(image: VolumeRef<'a>, axis: usize, modality: ModalityChoice, norm: &InputNormalization) -> Result<Self> {
+    pub fn with_normalization(
+        image: VolumeRef<'a>,
+        axis: usize,
+        modality: ModalityChoice,
+        norm: &InputNormalization,
+    ) -> Result<Self> {
         let modality = match modality {
             ModalityChoice::Ct => Modality::Ct,
             ModalityChoice::Mri => Modality::Mri,
@@ -94,7 +99,8 @@ impl<'a> PreparedVolume<'a> {
 
     /// Model input for slice `z` under `frame`.
     pub fn canvas(&self, z: usize, frame: &CanvasFrame) -> Vec<f32> {
-        let img: Vec<f32> = slice_indices(self.dims, self.axis, z).map(|v| self.normalizer.map(self.image[v])).collect();
+        let img: Vec<f32> =
+            slice_indices(self.dims, self.axis, z).map(|v| self.normalizer.map(self.image[v])).collect();
         frame.image_to_canvas(&img, self.rows, self.cols, self.normalizer.pad)
     }
 
@@ -111,13 +117,24 @@ impl<'a> PreparedVolume<'a> {
     }
 
     /// The episode of class `label` painted on slice `z` of `labels` (a volume on this grid).
-    pub fn episode(&self, features: &Tensor, labels: &[u16], z: usize, label: u16, frame: &CanvasFrame, head: &HeadOptions) -> Result<SupportEpisode> {
-        let mask: Vec<u8> = extract_slice(labels, self.dims, self.axis, z).iter().map(|&l| u8::from(l == label)).collect();
+    pub fn episode(
+        &self,
+        features: &Tensor,
+        labels: &[u16],
+        z: usize,
+        label: u16,
+        frame: &CanvasFrame,
+        head: &HeadOptions,
+    ) -> Result<SupportEpisode> {
+        let mask: Vec<u8> =
+            extract_slice(labels, self.dims, self.axis, z).iter().map(|&l| u8::from(l == label)).collect();
         let canvas_mask = frame.mask_to_canvas(&mask, self.rows, self.cols);
         SupportEpisode::new(features, &canvas_mask, CANVAS, CANVAS, head).map_err(|e| match e {
-            DspnetError::EmptySupport { .. } => {
-                DspnetError::empty_support(Some(label), Some(z), "the labelled region vanishes at the model's input resolution")
-            }
+            DspnetError::EmptySupport { .. } => DspnetError::empty_support(
+                Some(label),
+                Some(z),
+                "the labelled region vanishes at the model's input resolution",
+            ),
             other => other,
         })
     }
@@ -131,7 +148,12 @@ impl<'a> PreparedVolume<'a> {
     /// The weighted mean of several episodes' scores of one query, mapped back as [`score`](Self::score)
     /// does. The mapping is linear, so averaging before it equals averaging the mapped logits, at one
     /// mapping's cost.
-    pub fn score_mean(&self, parts: &[(&SupportEpisode, f32)], features: &Tensor, frame: &CanvasFrame) -> Result<SliceLogits> {
+    pub fn score_mean(
+        &self,
+        parts: &[(&SupportEpisode, f32)],
+        features: &Tensor,
+        frame: &CanvasFrame,
+    ) -> Result<SliceLogits> {
         let mut sum: Option<Tensor> = None;
         let mut total = 0f32;
         for (episode, w) in parts {

@@ -27,7 +27,13 @@ use crate::model::prototypes::{HeadOptions, SupportEpisode};
 use crate::{DspnetError, Result};
 
 /// Score the class's query slices into `fg` (see [`ClassOutcome`]).
-pub fn segment_class(pass: &ClassPass<'_, '_>, mut fg: Vec<f32>, cache: &mut FeatureCache, keep_queries: bool, ticker: &mut Ticker<'_>) -> Result<ClassOutcome> {
+pub fn segment_class(
+    pass: &ClassPass<'_, '_>,
+    mut fg: Vec<f32>,
+    cache: &mut FeatureCache,
+    keep_queries: bool,
+    ticker: &mut Ticker<'_>,
+) -> Result<ClassOutcome> {
     let mut presence = Vec::new();
     // Nothing to score (e.g. a range holding only painted slices): no painted slice needs encoding.
     if pass.query_slices.is_empty() {
@@ -91,13 +97,30 @@ impl Anchor {
         // A sphere of radius R has moved its boundary by t at height sqrt(2 R t) (for t << R).
         let copy_zone_mm = (2.0 * radius_mm * mo.copy_tolerance * cell_mm).sqrt();
         let band_px = (mo.refine_band * cell_mm / vol.pixel_spacing[0].min(vol.pixel_spacing[1])).round() as usize;
-        let intensity = if band_px > 0 { IntensityModel::from_painted(&vol.intensities(s), &mask, vol.rows, vol.cols, band_px.saturating_mul(2).max(2)) } else { None };
+        let intensity = if band_px > 0 {
+            IntensityModel::from_painted(
+                &vol.intensities(s),
+                &mask,
+                vol.rows,
+                vol.cols,
+                band_px.saturating_mul(2).max(2),
+            )
+        } else {
+            None
+        };
         Ok(Anchor { slice: s, episode, window, mask, area, copy_zone_mm, intensity, band_px, self_margin })
     }
 }
 
 /// Features of slice `z`: whole slices through the cache, windows encoded on the spot.
-fn slice_features(pass: &ClassPass<'_, '_>, feats: &mut SliceFeatures<'_>, z: usize, window: Option<[f64; 4]>, frame: &CanvasFrame, is_query: bool) -> Result<Tensor> {
+fn slice_features(
+    pass: &ClassPass<'_, '_>,
+    feats: &mut SliceFeatures<'_>,
+    z: usize,
+    window: Option<[f64; 4]>,
+    frame: &CanvasFrame,
+    is_query: bool,
+) -> Result<Tensor> {
     match window {
         None => feats.get(z, is_query, || pass.vol.encode(pass.model, z, frame)),
         Some(_) => pass.vol.encode(pass.model, z, frame),
@@ -139,11 +162,18 @@ fn follow_chain(
 ) -> Result<()> {
     let vol = pass.vol;
     let visit = chain_slices(pass, anchor.slice, dir, allowed);
-    let settings = ChainSettings { memory: pass.opts.memory.clone(), head: pass.opts.head.clone(), fov: pass.opts.fov, stops: pass.opts.extent == ExtentMode::Auto };
+    let settings = ChainSettings {
+        memory: pass.opts.memory.clone(),
+        head: pass.opts.head.clone(),
+        fov: pass.opts.fov,
+        stops: pass.opts.extent == ExtentMode::Auto,
+    };
     if let Some(record) = feats.cache.chain(pass.label, anchor.slice, dir, &anchor.mask, &settings) {
         let n = visit.len().min(record.steps.len());
         // Same slices in the same order, and the record went at least as far as this chain will.
-        if record.steps[..n].iter().zip(&visit).all(|(s, &z)| s.slice == z) && (record.stopped || visit.len() <= record.steps.len()) {
+        if record.steps[..n].iter().zip(&visit).all(|(s, &z)| s.slice == z)
+            && (record.stopped || visit.len() <= record.steps.len())
+        {
             for step in &record.steps[..n] {
                 let slice: Vec<usize> = slice_indices(vol.dims, vol.axis, step.slice).collect();
                 for &(p, score) in &step.written {
@@ -156,7 +186,15 @@ fn follow_chain(
             return Ok(());
         }
     }
-    let mut record = ChainRecord { label: pass.label, anchor: anchor.slice, dir, mask: anchor.mask.clone(), settings, steps: Vec::new(), stopped: false };
+    let mut record = ChainRecord {
+        label: pass.label,
+        anchor: anchor.slice,
+        dir,
+        mask: anchor.mask.clone(),
+        settings,
+        steps: Vec::new(),
+        stopped: false,
+    };
     let mo = &pass.opts.memory;
     let stops = record.settings.stops;
     let min_area = ((anchor.area as f64 * mo.min_area_fraction).ceil() as usize).max(1);
@@ -178,10 +216,16 @@ fn follow_chain(
         ticker.tick()?;
         let presence = step.presence / anchor.self_margin;
         trace.push((zu, presence));
-        let dropped = mo.presence_drop > 0.0 && !recent.is_empty() && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
+        let dropped = mo.presence_drop > 0.0
+            && !recent.is_empty()
+            && presence < mo.presence_drop * recent.iter().sum::<f32>() / recent.len() as f32;
         // The fitted stop probability is only computed when asked for (off by default).
-        let inside = || inside_probability(presence, step.area, anchor, &step.mask, &last_mask, &recent) >= mo.stop_probability;
-        let accepted = step.area >= min_area && presence >= mo.presence_threshold && !dropped && (mo.stop_probability <= 0.0 || inside());
+        let inside =
+            || inside_probability(presence, step.area, anchor, &step.mask, &last_mask, &recent) >= mo.stop_probability;
+        let accepted = step.area >= min_area
+            && presence >= mo.presence_threshold
+            && !dropped
+            && (mo.stop_probability <= 0.0 || inside());
         let mut written = Vec::new();
         // Near the painted slice the painted mask is written, elsewhere the refined model mask (the model's
         // own mask feeds the memory).
@@ -197,7 +241,8 @@ fn follow_chain(
         };
         // Under a fixed extent every slice keeps its prediction; only accepted ones feed the memory.
         if accepted || !stops {
-            for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(out_mask).zip(&step.fg).enumerate() {
+            for (p, ((v, &on), &score)) in slice_indices(vol.dims, vol.axis, zu).zip(out_mask).zip(&step.fg).enumerate()
+            {
                 if on {
                     fg[v] = score;
                     written.push((p as u32, score));
@@ -252,7 +297,14 @@ const INSIDE_INTERCEPT: f64 = 1.9525;
 /// The probability (0–1) that a chain's new slice is still inside the structure, from what the chain
 /// knows: its presence, its area against the painted one, its overlap with the previous accepted mask and
 /// with the painted mask, and its presence against the recent accepted slices.
-fn inside_probability(presence: f32, area: usize, anchor: &Anchor, mask: &[bool], previous: &[bool], recent: &VecDeque<f32>) -> f32 {
+fn inside_probability(
+    presence: f32,
+    area: usize,
+    anchor: &Anchor,
+    mask: &[bool],
+    previous: &[bool],
+    recent: &VecDeque<f32>,
+) -> f32 {
     let clamp_presence = |p: f32| if p.is_finite() { f64::from(p).clamp(-2.0, 3.0) } else { -2.0 };
     let p = clamp_presence(presence);
     let overlap = |other: &[bool]| mask.iter().zip(other).filter(|(&a, &b)| a && b).count() as f64 / area.max(1) as f64;
@@ -290,7 +342,9 @@ fn score_with_memory(
     let prior = (mo.prior_gain > 0.0 || mo.leak_gate > 0.0).then(|| {
         let d = distance_mm(last_mask, vol.rows, vol.cols, vol.pixel_spacing);
         let r = mo.prior_radius_mm as f32;
-        d.into_iter().map(|d| if d == 0.0 { mo.prior_gain } else { -mo.leak_gate * (d / r).min(1.0) }).collect::<Vec<f32>>()
+        d.into_iter()
+            .map(|d| if d == 0.0 { mo.prior_gain } else { -mo.leak_gate * (d / r).min(1.0) })
+            .collect::<Vec<f32>>()
     });
     let mut mask = Vec::with_capacity(fg.len());
     let (mut area, mut margin_sum) = (0usize, 0f32);
@@ -308,7 +362,13 @@ fn score_with_memory(
 }
 
 /// The episode of an accepted prediction, on the features it was predicted from.
-fn memory_episode(pass: &ClassPass<'_, '_>, features: &Tensor, mask: &[bool], frame: &CanvasFrame, head: &HeadOptions) -> Result<SupportEpisode> {
+fn memory_episode(
+    pass: &ClassPass<'_, '_>,
+    features: &Tensor,
+    mask: &[bool],
+    frame: &CanvasFrame,
+    head: &HeadOptions,
+) -> Result<SupportEpisode> {
     let vol = pass.vol;
     let m: Vec<u8> = mask.iter().map(|&b| u8::from(b)).collect();
     let canvas_mask = frame.mask_to_canvas(&m, vol.rows, vol.cols);
@@ -387,7 +447,9 @@ mod tests {
             for c in 0..cols {
                 let brute = [(2usize, 3usize), (5, 7)]
                     .iter()
-                    .map(|&(pr, pc)| (((r as f64 - pr as f64) * 2.0).powi(2) + ((c as f64 - pc as f64) * 0.5).powi(2)).sqrt())
+                    .map(|&(pr, pc)| {
+                        (((r as f64 - pr as f64) * 2.0).powi(2) + ((c as f64 - pc as f64) * 0.5).powi(2)).sqrt()
+                    })
                     .fold(f64::INFINITY, f64::min);
                 assert!((d[r * cols + c] as f64 - brute).abs() < 1e-5, "({r},{c}): {} vs {brute}", d[r * cols + c]);
             }

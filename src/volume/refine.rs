@@ -22,7 +22,8 @@ impl IntensityModel {
     pub fn from_painted(image: &[f32], mask: &[bool], rows: usize, cols: usize, ring: usize) -> Option<Self> {
         let near = dilate(mask, rows, cols, ring);
         let inside: Vec<f32> = image.iter().zip(mask).filter(|(_, &m)| m).map(|(&v, _)| v).collect();
-        let around: Vec<f32> = image.iter().zip(mask.iter().zip(&near)).filter(|(_, (&m, &n))| n && !m).map(|(&v, _)| v).collect();
+        let around: Vec<f32> =
+            image.iter().zip(mask.iter().zip(&near)).filter(|(_, (&m, &n))| n && !m).map(|(&v, _)| v).collect();
         if inside.is_empty() || around.is_empty() {
             return None;
         }
@@ -31,7 +32,8 @@ impl IntensityModel {
         all.sort_by(f32::total_cmp);
         let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
         let (lo, hi) = (at(0.01), at(0.99));
-        if !(hi > lo) {
+        // Not `hi <= lo`: a NaN bound must refuse too.
+        if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
             return None;
         }
         let mut model = IntensityModel { lo, hi, llr: [0.0; BINS] };
@@ -74,7 +76,11 @@ impl IntensityModel {
             .map(|p| {
                 // In the band: grown but not deep inside (deep inside = no background within `band`).
                 let in_band = grown[p] && shrunk_not[p];
-                if in_band { self.is_structure(image[p]) } else { mask[p] }
+                if in_band {
+                    self.is_structure(image[p])
+                } else {
+                    mask[p]
+                }
             })
             .collect()
     }
@@ -142,12 +148,17 @@ mod tests {
     fn the_band_follows_the_intensity_edge_and_nothing_far_away_changes() {
         // A bright square (rows 10-19, cols 10-19) on a dark slice with a bright look-alike far away.
         let (rows, cols) = (40, 40);
-        let bright = |r: usize, c: usize| (10..20).contains(&r) && (10..20).contains(&c) || (30..35).contains(&r) && (30..35).contains(&c);
-        let image: Vec<f32> = (0..rows * cols).map(|p| if bright(p / cols, p % cols) { 100.0 } else { 10.0 } + (p % 7) as f32).collect();
-        let truth: Vec<bool> = (0..rows * cols).map(|p| (10..20).contains(&(p / cols)) && (10..20).contains(&(p % cols))).collect();
+        let bright = |r: usize, c: usize| {
+            (10..20).contains(&r) && (10..20).contains(&c) || (30..35).contains(&r) && (30..35).contains(&c)
+        };
+        let image: Vec<f32> =
+            (0..rows * cols).map(|p| if bright(p / cols, p % cols) { 100.0 } else { 10.0 } + (p % 7) as f32).collect();
+        let truth: Vec<bool> =
+            (0..rows * cols).map(|p| (10..20).contains(&(p / cols)) && (10..20).contains(&(p % cols))).collect();
         let model = IntensityModel::from_painted(&image, &truth, rows, cols, 4).expect("a model");
         // The model's mask is the square shifted by one pixel: the band puts the boundary back.
-        let shifted: Vec<bool> = (0..rows * cols).map(|p| (11..21).contains(&(p / cols)) && (9..19).contains(&(p % cols))).collect();
+        let shifted: Vec<bool> =
+            (0..rows * cols).map(|p| (11..21).contains(&(p / cols)) && (9..19).contains(&(p % cols))).collect();
         assert_eq!(model.refine(&image, &shifted, rows, cols, 2), truth);
         // The look-alike is 10 pixels away from the mask: outside the band, it stays background.
         assert_eq!(model.refine(&image, &truth, rows, cols, 2), truth);

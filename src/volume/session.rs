@@ -34,7 +34,13 @@ pub fn slice_feature_bytes(model: &Model) -> usize {
 impl Session {
     /// Check the image (dims, spacing, finite voxels) and the budget (0 = [`DEFAULT_FEATURE_BUDGET`]; at
     /// least one slice of `model`'s features).
-    pub fn new(model: &Model, image: Vec<f32>, dims: [usize; 3], spacing: [f64; 3], feature_budget: usize) -> Result<Self> {
+    pub fn new(
+        model: &Model,
+        image: Vec<f32>,
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        feature_budget: usize,
+    ) -> Result<Self> {
         if dims.contains(&0) {
             return Err(DspnetError::Shape(format!("volume dimensions {dims:?} contain a zero")));
         }
@@ -43,7 +49,9 @@ impl Session {
             return Err(DspnetError::Shape(format!("image has {} voxels, dims {dims:?} need {n}", image.len())));
         }
         if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(DspnetError::InvalidArgument(format!("voxel spacing {spacing:?} must be finite and positive (found {s})")));
+            return Err(DspnetError::InvalidArgument(format!(
+                "voxel spacing {spacing:?} must be finite and positive (found {s})"
+            )));
         }
         if let Some(i) = image.iter().position(|v| !v.is_finite()) {
             return Err(DspnetError::NonFinite(format!("image voxel {i} is {}", image[i])));
@@ -89,7 +97,13 @@ impl Session {
     /// [`segment`](super::segment) on the session's image, reusing its encoded slices. `support` has the
     /// image's dims. Any model may be passed; features of another model are not reused (the cache is
     /// cleared when the model changes).
-    pub fn segment(&mut self, model: &Model, support: &[u16], opts: &SegmentOptions, progress: Progress<'_>) -> Result<(Vec<u16>, SegmentSummary)> {
+    pub fn segment(
+        &mut self,
+        model: &Model,
+        support: &[u16],
+        opts: &SegmentOptions,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<u16>, SegmentSummary)> {
         if support.len() != self.image.len() {
             return Err(DspnetError::Shape(format!(
                 "support labels have {} voxels; the session's image has dims {:?} ({} voxels)",

@@ -72,10 +72,7 @@ impl CanvasFrame {
         let mm_per_canvas_px = extent / size as f64;
         let scale = [spacing[0] / mm_per_canvas_px, spacing[1] / mm_per_canvas_px];
         let used = [h * scale[0], w * scale[1]];
-        let offset = [
-            (size as f64 - used[0]) / 2.0 - r0 * scale[0],
-            (size as f64 - used[1]) / 2.0 - c0 * scale[1],
-        ];
+        let offset = [(size as f64 - used[0]) / 2.0 - r0 * scale[0], (size as f64 - used[1]) / 2.0 - c0 * scale[1]];
         Ok(CanvasFrame { size, scale, offset })
     }
 
@@ -93,8 +90,10 @@ impl CanvasFrame {
     /// the slice get `pad`.
     pub fn image_to_canvas(&self, slice: &[f32], rows: usize, cols: usize, pad: f32) -> Vec<f32> {
         let n = self.size;
-        let rs: Vec<Option<(usize, usize, f64)>> = (0..n).map(|q| linear_tap(self.to_slice(0, q as f64), rows)).collect();
-        let cs: Vec<Option<(usize, usize, f64)>> = (0..n).map(|q| linear_tap(self.to_slice(1, q as f64), cols)).collect();
+        let rs: Vec<Option<(usize, usize, f64)>> =
+            (0..n).map(|q| linear_tap(self.to_slice(0, q as f64), rows)).collect();
+        let cs: Vec<Option<(usize, usize, f64)>> =
+            (0..n).map(|q| linear_tap(self.to_slice(1, q as f64), cols)).collect();
         let mut out = vec![pad; n * n];
         for (qr, r) in rs.iter().enumerate() {
             let Some((r0, r1, fr)) = *r else { continue };
@@ -209,7 +208,11 @@ mod tests {
         for (qr, qc) in [(0usize, 0usize), (1, 1), (10, 37), (255, 254), (128, 3)] {
             let tap = |q: usize| -> [(isize, f64); 2] {
                 let m = (q / 2) as isize;
-                if q % 2 == 0 { [(m - 1, 0.25), (m, 0.75)] } else { [(m, 0.75), (m + 1, 0.25)] }
+                if q % 2 == 0 {
+                    [(m - 1, 0.25), (m, 0.75)]
+                } else {
+                    [(m, 0.75), (m + 1, 0.25)]
+                }
             };
             let mut want = 0.0;
             for (r, wr) in tap(qr) {

@@ -49,7 +49,9 @@ fn backbone_name(name: &str, feature_source: FeatureSource) -> Option<String> {
     while let Some(rest) = ["module.", "encoder.", "backbone."].iter().find_map(|p| n.strip_prefix(p)) {
         n = rest;
     }
-    if n.ends_with(".num_batches_tracked") || !(n.starts_with("conv1.") || n.starts_with("bn1.") || n.starts_with("layer")) {
+    if n.ends_with(".num_batches_tracked")
+        || !(n.starts_with("conv1.") || n.starts_with("bn1.") || n.starts_with("layer"))
+    {
         return None;
     }
     if feature_source == FeatureSource::Layer3 && n.starts_with("layer4.") {
@@ -73,7 +75,8 @@ fn reduce_depth(w: &Tensor, how: DepthReduce) -> Result<Tensor> {
 pub fn import_resnet(input: &Path, output: &Path, opts: &ImportOptions) -> Result<ImportReport> {
     let raw = read_checkpoint(input)?;
     // Integer entries (BatchNorm counters) carry nothing for inference.
-    let (floats, integers): (Vec<_>, Vec<_>) = raw.iter().partition(|t| matches!(t.dtype, PthDtype::F32 | PthDtype::F16 | PthDtype::BF16 | PthDtype::F64));
+    let (floats, integers): (Vec<_>, Vec<_>) =
+        raw.iter().partition(|t| matches!(t.dtype, PthDtype::F32 | PthDtype::F16 | PthDtype::BF16 | PthDtype::F64));
     let named = floats.into_iter().map(|t| Ok((t.name.clone(), t.to_float_tensor()?))).collect::<Result<Vec<_>>>()?;
     let file = input.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (imported, mut report) = import_tensors(named, opts, &file).map_err(|e| match e {
@@ -93,7 +96,11 @@ pub struct Imported {
 
 /// [`import_resnet`] on named tensors (checkpoint names, any float dtype); `source` names the origin in
 /// the metadata.
-pub fn import_tensors(named: Vec<(String, Tensor)>, opts: &ImportOptions, source: &str) -> Result<(Imported, ImportReport)> {
+pub fn import_tensors(
+    named: Vec<(String, Tensor)>,
+    opts: &ImportOptions,
+    source: &str,
+) -> Result<(Imported, ImportReport)> {
     let (mut kept, mut inflated, mut dropped) = (Vec::new(), 0, 0);
     for (name, t) in named {
         let Some(own) = backbone_name(&name, opts.feature_source) else {
@@ -108,18 +115,32 @@ pub fn import_tensors(named: Vec<(String, Tensor)>, opts: &ImportOptions, source
         kept.push((own, v));
     }
     if kept.is_empty() {
-        return Err(DspnetError::ModelFormat("no torchvision ResNet tensor (conv1, bn1, layer1..) in this checkpoint".into()));
+        return Err(DspnetError::ModelFormat(
+            "no torchvision ResNet tensor (conv1, bn1, layer1..) in this checkpoint".into(),
+        ));
     }
     let channels = opts.feature_source.channels();
     let eye = Tensor::eye(channels, DType::F64, &Device::Cpu)?.reshape((channels, channels, 1, 1))?;
     kept.push(("projection.weight".into(), eye));
     // Validate as a model (depth inferred from layer3); the identity projection keeps the stage's features.
-    let declared = HashMap::from([("feature_source".to_string(), opts.feature_source.as_str().to_string()), ("projection_bias".to_string(), "false".to_string())]);
-    let mut config = from_named_tensors(kept.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?))).collect::<Result<_>>()?, declared)?.config;
+    let declared = HashMap::from([
+        ("feature_source".to_string(), opts.feature_source.as_str().to_string()),
+        ("projection_bias".to_string(), "false".to_string()),
+    ]);
+    let mut config = from_named_tensors(
+        kept.iter().map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?))).collect::<Result<_>>()?,
+        declared,
+    )?
+    .config;
     config.input_normalization = opts.input_normalization.clone();
     config.transpose_slices = opts.transpose_slices;
     let architecture = config.to_metadata();
-    let mut metadata: HashMap<String, String> = opts.metadata.iter().filter(|(k, _)| !architecture.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut metadata: HashMap<String, String> = opts
+        .metadata
+        .iter()
+        .filter(|(k, _)| !architecture.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let how = match opts.depth_reduce {
         DepthReduce::Sum => "summing over depth",
         DepthReduce::Centre => "taking the centre tap",

@@ -12,8 +12,14 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
-use crate::config::{blocks_per_layer, canonical_name, depth_with_layer3_blocks, official_name, FeatureSource, InputNormalization, ModelConfig};
+use crate::config::{
+    blocks_per_layer, canonical_name, depth_with_layer3_blocks, official_name, FeatureSource, InputNormalization,
+    ModelConfig,
+};
 use crate::{DspnetError, Result};
+
+/// A tensor as plain data: own name, shape, f32 values (row-major).
+pub type NamedValues = (String, Vec<usize>, Vec<f32>);
 
 /// File name of the default model inside a weights folder.
 pub const DEFAULT_MODEL_FILE: &str = "dspnet-default.safetensors";
@@ -34,7 +40,9 @@ pub fn default_model_candidates() -> Vec<std::path::PathBuf> {
     }
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
     for dir in [code_dir(), exe_dir].into_iter().flatten() {
-        for c in [dir.join("../share/dspnet/weights").join(DEFAULT_MODEL_FILE), dir.join("weights").join(DEFAULT_MODEL_FILE)] {
+        for c in
+            [dir.join("../share/dspnet/weights").join(DEFAULT_MODEL_FILE), dir.join("weights").join(DEFAULT_MODEL_FILE)]
+        {
             if !out.contains(&c) {
                 out.push(c);
             }
@@ -81,7 +89,10 @@ pub fn default_model_path() -> Result<std::path::PathBuf> {
             "default model",
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("not found (looked for {}); pass a weight file explicitly or set DSPNET_WEIGHTS", list.join(", ")),
+                format!(
+                    "not found (looked for {}); pass a weight file explicitly or set DSPNET_WEIGHTS",
+                    list.join(", ")
+                ),
             ),
         )
     })
@@ -126,7 +137,10 @@ pub fn load_safetensors(path: &Path) -> Result<ModelWeights> {
         )));
     }
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
-        DspnetError::ModelFormat(format!("{} is not a valid safetensors file ({e}); is it truncated or of another format?", path.display()))
+        DspnetError::ModelFormat(format!(
+            "{} is not a valid safetensors file ({e}); is it truncated or of another format?",
+            path.display()
+        ))
     })?;
     let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
     let st = SafeTensors::deserialize(bytes)
@@ -136,11 +150,10 @@ pub fn load_safetensors(path: &Path) -> Result<ModelWeights> {
         let t = tensor_from_view(&name, &view)?;
         raw.push((name, t));
     }
-    from_named_tensors(raw, metadata)
-        .map_err(|e| match e {
-            DspnetError::ModelFormat(m) => DspnetError::ModelFormat(format!("{}: {m}", path.display())),
-            other => other,
-        })
+    from_named_tensors(raw, metadata).map_err(|e| match e {
+        DspnetError::ModelFormat(m) => DspnetError::ModelFormat(format!("{}: {m}", path.display())),
+        other => other,
+    })
 }
 
 /// The dtype each tensor is stored in, by the crate's own name (to keep it when rewriting a file).
@@ -149,7 +162,8 @@ pub fn stored_dtypes(path: &Path) -> Result<HashMap<String, DType>> {
     // SAFETY: read-only map used only during this call (as in `load_safetensors`); only the header's
     // pages are touched, so a large model is not read again just for its dtypes.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DspnetError::io(path, e))?;
-    let st = SafeTensors::deserialize(&mmap).map_err(|e| DspnetError::ModelFormat(format!("{}: invalid safetensors data: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| DspnetError::ModelFormat(format!("{}: invalid safetensors data: {e}", path.display())))?;
     Ok(st
         .tensors()
         .into_iter()
@@ -210,10 +224,14 @@ pub fn from_named_tensors(raw: Vec<(String, Tensor)>, metadata: HashMap<String, 
         }
         let Some(own) = canonical_name(&name) else { continue };
         if t.dtype() == DType::I64 || t.dtype() == DType::U8 || t.dtype() == DType::U32 {
-            return Err(DspnetError::ModelFormat(format!("tensor '{name}' is an integer tensor; expected floating point")));
+            return Err(DspnetError::ModelFormat(format!(
+                "tensor '{name}' is an integer tensor; expected floating point"
+            )));
         }
         if tensors.insert(own.clone(), t.to_dtype(DType::F32)?).is_some() {
-            return Err(DspnetError::ModelFormat(format!("tensor '{own}' appears twice (under an official and an own name)")));
+            return Err(DspnetError::ModelFormat(format!(
+                "tensor '{own}' appears twice (under an official and an own name)"
+            )));
         }
     }
     if !tensors.keys().any(|k| k.starts_with("backbone.") || k.starts_with("projection.")) {
@@ -251,10 +269,9 @@ fn config_from(metadata: &HashMap<String, String>, tensors: &HashMap<String, Ten
     };
     let feature_channels = match metadata.get("feature_channels") {
         Some(v) => v.parse::<usize>().map_err(|_| bad("feature_channels", v))?,
-        None => tensors
-            .get("projection.weight")
-            .and_then(|t| t.dims().first().copied())
-            .ok_or_else(|| DspnetError::ModelFormat("missing tensor projection.weight (official name encoder.localconv.weight)".into()))?,
+        None => tensors.get("projection.weight").and_then(|t| t.dims().first().copied()).ok_or_else(|| {
+            DspnetError::ModelFormat("missing tensor projection.weight (official name encoder.localconv.weight)".into())
+        })?,
     };
     let projection_bias = match metadata.get("projection_bias").map(String::as_str) {
         Some("true") => true,
@@ -283,11 +300,14 @@ fn check_strict(config: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Resu
     for (name, shape) in &expected {
         match tensors.get(name) {
             None => missing.push(name.clone()),
-            Some(t) if t.dims() != shape.as_slice() => misshaped.push(format!("{name} is {:?}, expected {:?}", t.dims(), shape)),
+            Some(t) if t.dims() != shape.as_slice() => {
+                misshaped.push(format!("{name} is {:?}, expected {:?}", t.dims(), shape))
+            }
             Some(_) => {}
         }
     }
-    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !expected_names.contains(k.as_str())).cloned().collect();
+    let mut unexpected: Vec<String> =
+        tensors.keys().filter(|k| !expected_names.contains(k.as_str())).cloned().collect();
     unexpected.sort();
     if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
         return Ok(());
@@ -300,10 +320,11 @@ fn check_strict(config: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Resu
         let more = if v.len() > 8 { format!(" and {} more", v.len() - 8) } else { String::new() };
         Some(format!("{} {what}: {}{more}", v.len(), shown.join(", ")))
     };
-    let parts: Vec<String> = [list("missing", &missing), list("unexpected", &unexpected), list("mis-shaped", &misshaped)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let parts: Vec<String> =
+        [list("missing", &missing), list("unexpected", &unexpected), list("mis-shaped", &misshaped)]
+            .into_iter()
+            .flatten()
+            .collect();
     Err(DspnetError::ModelFormat(format!(
         "tensors do not match a ResNet-{} DSPNet ({} features, {} projection bias): {}",
         config.depth,
@@ -314,14 +335,25 @@ fn check_strict(config: &ModelConfig, tensors: &HashMap<String, Tensor>) -> Resu
 }
 
 /// Write tensors (own names) with the configuration's metadata, atomically.
-pub fn save_safetensors(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Vec<f32>>, shapes: &HashMap<String, Vec<usize>>, extra_metadata: &HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Vec<f32>>,
+    shapes: &HashMap<String, Vec<usize>>,
+    extra_metadata: &HashMap<String, String>,
+) -> Result<()> {
     let mut metadata = config.to_metadata();
     metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     save_safetensors_raw(path, tensors, shapes, metadata)
 }
 
 /// Write f32 tensors with exactly `metadata`, atomically.
-pub fn save_safetensors_raw(path: &Path, tensors: &BTreeMap<String, Vec<f32>>, shapes: &HashMap<String, Vec<usize>>, metadata: HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors_raw(
+    path: &Path,
+    tensors: &BTreeMap<String, Vec<f32>>,
+    shapes: &HashMap<String, Vec<usize>>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut views = Vec::with_capacity(tensors.len());
     for (name, values) in tensors {
         let shape = shapes.get(name).cloned().unwrap_or_else(|| vec![values.len()]);
@@ -337,7 +369,12 @@ pub fn save_safetensors_raw(path: &Path, tensors: &BTreeMap<String, Vec<f32>>, s
 
 /// Write tensors (own names) in their own dtype (f32, f16 or bf16) with the configuration's metadata,
 /// atomically.
-pub fn save_safetensors_mixed(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Tensor>, extra_metadata: &HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors_mixed(
+    path: &Path,
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    extra_metadata: &HashMap<String, String>,
+) -> Result<()> {
     let mut metadata = config.to_metadata();
     metadata.extend(extra_metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut buffers = Vec::with_capacity(tensors.len());
@@ -345,19 +382,27 @@ pub fn save_safetensors_mixed(path: &Path, config: &ModelConfig, tensors: &BTree
         let flat = t.flatten_all()?;
         let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match t.dtype() {
             DType::F32 => (safetensors::Dtype::F32, f32_bytes(&flat.to_vec1::<f32>()?).to_vec()),
-            DType::F16 => (safetensors::Dtype::F16, flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
-            DType::BF16 => (safetensors::Dtype::BF16, flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+            ),
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+            ),
             other => return Err(DspnetError::ModelFormat(format!("tensor '{name}': cannot store dtype {other:?}"))),
         };
         buffers.push((name.clone(), dtype, t.dims().to_vec(), bytes));
     }
     let mut views = Vec::with_capacity(buffers.len());
     for (name, dtype, shape, bytes) in &buffers {
-        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(|e| DspnetError::ModelFormat(format!("tensor '{name}': {e}")))?;
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+            .map_err(|e| DspnetError::ModelFormat(format!("tensor '{name}': {e}")))?;
         views.push((name.clone(), view));
     }
     crate::util::write_atomically(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| DspnetError::ModelFormat(format!("writing {}: {e}", path.display())))
+        safetensors::serialize_to_file(views, Some(metadata), tmp)
+            .map_err(|e| DspnetError::ModelFormat(format!("writing {}: {e}", path.display())))
     })
 }
 
@@ -369,7 +414,7 @@ fn f32_bytes(values: &[f32]) -> &[u8] {
 }
 
 /// The synthetic model (golden/README.md §2) for `config`, in memory: named f32 values and shapes.
-fn synthetic_values(config: &ModelConfig, seed: u64) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+fn synthetic_values(config: &ModelConfig, seed: u64) -> Result<Vec<NamedValues>> {
     config
         .expected_tensors()?
         .into_iter()

@@ -53,7 +53,11 @@ pub fn tensor_values(key: &str, shape: &[usize], seed: u64) -> Option<Vec<f32>> 
                 (4, "weight") => (2.0 * x - 1.0) * (6.0 / fan_in).sqrt(),
                 (1, "weight") => {
                     let g = 1.0 + 0.25 * (x - 0.5);
-                    if damped { g * 0.125 } else { g }
+                    if damped {
+                        g * 0.125
+                    } else {
+                        g
+                    }
                 }
                 (1, "bias") | (1, "running_mean") => 0.125 * (x - 0.5),
                 (1, "running_var") => 0.75 + 0.5 * x,
@@ -73,10 +77,30 @@ mod tests {
     #[test]
     fn matches_reference_table() {
         let table: [(&str, &[usize], u64, [u32; 4]); 4] = [
-            ("encoder.backbone.conv1.weight", &[64, 3, 7, 7], 0x9e6261724329ece9, [0x3e2414c8, 0xbda5028c, 0x3d6cf35b, 0xbe45f249]),
-            ("encoder.backbone.layer1.0.bn3.weight", &[256], 0x064a893458c4fe01, [0x3dfed811, 0x3de06f47, 0x3e0fd3b7, 0x3df40026]),
-            ("encoder.backbone.bn1.running_var", &[64], 0x2bec069899b224ec, [0x3f4a4d66, 0x3f4790ee, 0x3f8c8410, 0x3f896e64]),
-            ("encoder.localconv.weight", &[256, 2048, 1, 1], 0x5760b667895d6e1a, [0x3ca128b1, 0xbd2225fe, 0xbcec52c0, 0x3cf1a7c1]),
+            (
+                "encoder.backbone.conv1.weight",
+                &[64, 3, 7, 7],
+                0x9e6261724329ece9,
+                [0x3e2414c8, 0xbda5028c, 0x3d6cf35b, 0xbe45f249],
+            ),
+            (
+                "encoder.backbone.layer1.0.bn3.weight",
+                &[256],
+                0x064a893458c4fe01,
+                [0x3dfed811, 0x3de06f47, 0x3e0fd3b7, 0x3df40026],
+            ),
+            (
+                "encoder.backbone.bn1.running_var",
+                &[64],
+                0x2bec069899b224ec,
+                [0x3f4a4d66, 0x3f4790ee, 0x3f8c8410, 0x3f896e64],
+            ),
+            (
+                "encoder.localconv.weight",
+                &[256, 2048, 1, 1],
+                0x5760b667895d6e1a,
+                [0x3ca128b1, 0xbd2225fe, 0xbcec52c0, 0x3cf1a7c1],
+            ),
         ];
         for (key, shape, fnv, bits) in table {
             assert_eq!(fnv1a(key), fnv, "fnv1a({key})");
@@ -86,7 +110,8 @@ mod tests {
             assert_eq!(got, bits, "{key}");
         }
         // u·2^24 integers of the first row.
-        let ints: Vec<u64> = (0..4).map(|i| (uniform("encoder.backbone.conv1.weight", 1, i) * (1u64 << 24) as f64) as u64).collect();
+        let ints: Vec<u64> =
+            (0..4).map(|i| (uniform("encoder.backbone.conv1.weight", 1, i) * (1u64 << 24) as f64) as u64).collect();
         assert_eq!(ints, [15041826, 5043169, 10790596, 362211]);
     }
 

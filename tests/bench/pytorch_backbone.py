@@ -14,6 +14,7 @@ in the graph, as in the official code in eval mode (oneDNN folds or fuses it its
 1-channel slice replicated to 3 channels (as DSPNet feeds it). Weights are random: speed does not depend on
 the values. Prints one line of JSON with the median ms per slice (and min, all reps).
 """
+
 import argparse
 import json
 import statistics
@@ -25,7 +26,9 @@ import torchvision
 
 
 def build(depth: int) -> nn.Module:
-    ctor = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101, 152: torchvision.models.resnet152}[depth]
+    ctor = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101, 152: torchvision.models.resnet152}[
+        depth
+    ]
     r = ctor(weights=None, replace_stride_with_dilation=[False, True, True])
     body = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
     return nn.Sequential(body, nn.Conv2d(2048, 256, kernel_size=1, bias=False)).eval()
@@ -58,24 +61,28 @@ def main() -> None:
             y = model(x)
             times.append((time.perf_counter() - t) * 1e3 / a.batch)
             cpu.append((time.process_time() - c) * 1e3 / a.batch)
-    print(json.dumps({
-        "impl": "pytorch",
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "threads": torch.get_num_threads(),
-        "depth": a.depth,
-        "size": a.size,
-        "batch": a.batch,
-        "channels_last": a.channels_last,
-        "out_shape": list(y.shape),
-        "backbone_ms_per_slice": statistics.median(times),
-        "min_ms_per_slice": min(times),
-        "all_ms": [round(t, 1) for t in times],
-        # CPU time of all threads (OpenMP threads spin while waiting, so with several threads this
-        # overstates the work; with one thread it is the work, whatever else loads the machine).
-        "backbone_cpu_ms_per_slice": statistics.median(cpu),
-    }))
+    print(
+        json.dumps(
+            {
+                "impl": "pytorch",
+                "torch": torch.__version__,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "mkldnn": torch.backends.mkldnn.is_available(),
+                "threads": torch.get_num_threads(),
+                "depth": a.depth,
+                "size": a.size,
+                "batch": a.batch,
+                "channels_last": a.channels_last,
+                "out_shape": list(y.shape),
+                "backbone_ms_per_slice": statistics.median(times),
+                "min_ms_per_slice": min(times),
+                "all_ms": [round(t, 1) for t in times],
+                # CPU time of all threads (OpenMP threads spin while waiting, so with several threads this
+                # overstates the work; with one thread it is the work, whatever else loads the machine).
+                "backbone_cpu_ms_per_slice": statistics.median(cpu),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

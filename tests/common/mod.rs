@@ -50,7 +50,14 @@ pub fn crop<T: Copy>(v: &Volume<T>, lo: [usize; 3], hi: [usize; 3]) -> Volume<T>
 /// Write a float32 NRRD image (gzip-free, LPS) by hand, so tests can write any voxel values (NaN too).
 pub fn write_f32_nrrd(path: &Path, v: &Volume<f32>) {
     let g = &v.geometry;
-    let dir = |c: usize| format!("({},{},{})", g.direction[0][c] * g.spacing[c], g.direction[1][c] * g.spacing[c], g.direction[2][c] * g.spacing[c]);
+    let dir = |c: usize| {
+        format!(
+            "({},{},{})",
+            g.direction[0][c] * g.spacing[c],
+            g.direction[1][c] * g.spacing[c],
+            g.direction[2][c] * g.spacing[c]
+        )
+    };
     let header = format!(
         "NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: {} {} {}\nspace directions: {} {} {}\nkinds: domain domain domain\nendian: little\nencoding: raw\nspace origin: ({},{},{})\n\n",
         g.dims[0], g.dims[1], g.dims[2], dir(0), dir(1), dir(2), g.origin[0], g.origin[1], g.origin[2]

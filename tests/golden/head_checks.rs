@@ -1,5 +1,6 @@
 #![allow(dead_code)]
-//! Golden checks of the parameter-free DSPNet head (shared by `tests/golden.rs` and `tests/head.rs`) against the reference vectors in
+//! Golden checks of the parameter-free DSPNet head (shared by `tests/golden.rs` and `tests/head.rs`) against the
+//! reference vectors in
 //! `tests/fixtures/golden/` (copied from the shared golden set; see its README §4 and §6).
 //!
 //! Each `check_<kind>` takes a `.safetensors` file and its parsed JSON sidecar and returns one line per
@@ -11,10 +12,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use dspnet::model::prototypes::{
-    labels_from_logits, seed_placement, upsample_logits, HeadOptions,
-    SupportEpisode,
-};
+use dspnet::model::prototypes::{labels_from_logits, seed_placement, upsample_logits, HeadOptions, SupportEpisode};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -29,39 +27,22 @@ pub fn read_file(file: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-pub fn view<'a>(
-    st: &'a SafeTensors<'a>,
-    name: &str,
-    dtype: Dtype,
-) -> Result<(&'a [u8], Vec<usize>), String> {
+pub fn view<'a>(st: &'a SafeTensors<'a>, name: &str, dtype: Dtype) -> Result<(&'a [u8], Vec<usize>), String> {
     let v = st.tensor(name).map_err(|e| format!("tensor {name}: {e}"))?;
     if v.dtype() != dtype {
-        return Err(format!(
-            "tensor {name}: dtype {:?}, expected {dtype:?}",
-            v.dtype()
-        ));
+        return Err(format!("tensor {name}: dtype {:?}, expected {dtype:?}", v.dtype()));
     }
     Ok((v.data(), v.shape().to_vec()))
 }
 
 pub fn f32s(st: &SafeTensors, name: &str) -> Result<(Vec<f32>, Vec<usize>), String> {
     let (d, s) = view(st, name, Dtype::F32)?;
-    Ok((
-        d.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        s,
-    ))
+    Ok((d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(), s))
 }
 
 pub fn i64s(st: &SafeTensors, name: &str) -> Result<(Vec<i64>, Vec<usize>), String> {
     let (d, s) = view(st, name, Dtype::I64)?;
-    Ok((
-        d.chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            .collect(),
-        s,
-    ))
+    Ok((d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect(), s))
 }
 
 pub fn u8s(st: &SafeTensors, name: &str) -> Result<(Vec<u8>, Vec<usize>), String> {
@@ -79,9 +60,7 @@ pub fn tensor(st: &SafeTensors, name: &str) -> Result<Tensor, String> {
 }
 
 pub fn to_vec(t: &Tensor) -> Result<Vec<f32>, String> {
-    t.flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|e| e.to_string())
+    t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -123,11 +102,7 @@ struct Case {
 
 impl Case {
     fn new(name: String) -> Self {
-        Case {
-            name,
-            parts: Vec::new(),
-            failures: Vec::new(),
-        }
+        Case { name, parts: Vec::new(), failures: Vec::new() }
     }
 
     fn fail(&mut self, msg: String) {
@@ -161,9 +136,7 @@ impl Case {
     fn bit_exact(&mut self, what: &str, got: &[f32], want: &[f32]) {
         match compare(got, want) {
             Err(e) => self.fail(format!("{what}: {e}")),
-            Ok((_, abs)) if abs != 0.0 => {
-                self.fail(format!("{what}: not exact, max abs {abs:.3e}"))
-            }
+            Ok((_, abs)) if abs != 0.0 => self.fail(format!("{what}: not exact, max abs {abs:.3e}")),
             Ok(_) => {}
         }
     }
@@ -177,11 +150,7 @@ fn finish(lines: Vec<String>, failures: Vec<String>) -> Result<Vec<String>, Stri
     if failures.is_empty() {
         Ok(lines)
     } else {
-        Err(format!(
-            "{}\n--- case lines ---\n{}",
-            failures.join("\n"),
-            lines.join("\n")
-        ))
+        Err(format!("{}\n--- case lines ---\n{}", failures.join("\n"), lines.join("\n")))
     }
 }
 
@@ -205,31 +174,18 @@ pub fn check_seeds(file: &Path, sidecar: &Value) -> Result<Vec<String>, String> 
     let cases = sidecar["cases"].as_array().cloned().unwrap_or_default();
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let name = cases
-            .get(i)
-            .and_then(|c| c["name"].as_str())
-            .unwrap_or("?")
-            .to_string();
+        let name = cases.get(i).and_then(|c| c["name"].as_str()).unwrap_or("?").to_string();
         let mut case = Case::new(format!("seeds/{i}:{name}"));
         let mask = &masks[i * h * w..(i + 1) * h * w];
         match seed_placement(mask, h, w, stride, max_seeds, area) {
             Err(e) => case.fail(format!("seed_placement failed: {e}")),
             Ok(p) => {
                 case.exact("grid size", (p.grid_height, p.grid_width), (gh, gw));
-                case.exact(
-                    "nearest grid",
-                    p.grid.as_slice(),
-                    &grids[i * gh * gw..(i + 1) * gh * gw],
-                );
+                case.exact("nearest grid", p.grid.as_slice(), &grids[i * gh * gw..(i + 1) * gh * gw]);
                 case.exact("K", p.k as i64, ks[i]);
                 case.exact("num_sp", p.num_sp as i64, nsp[i]);
                 let want: Vec<(usize, usize)> = (0..max_seeds)
-                    .map(|j| {
-                        (
-                            seeds[(i * max_seeds + j) * 2] as usize,
-                            seeds[(i * max_seeds + j) * 2 + 1] as usize,
-                        )
-                    })
+                    .map(|j| (seeds[(i * max_seeds + j) * 2] as usize, seeds[(i * max_seeds + j) * 2 + 1] as usize))
                     .collect();
                 case.exact("seeds", p.padded(max_seeds), want);
                 // The public wrapper returns the same thing.
@@ -238,8 +194,7 @@ pub fn check_seeds(file: &Path, sidecar: &Value) -> Result<Vec<String>, String> 
                     crate_place_seeds(mask, h, w, stride, max_seeds, area),
                     Some((p.seeds.clone(), p.num_sp)),
                 );
-                case.parts
-                    .push(format!("K {} num_sp {} seeds {:?}", p.k, p.num_sp, p.seeds));
+                case.parts.push(format!("K {} num_sp {} seeds {:?}", p.k, p.num_sp, p.seeds));
             }
         }
         lines.push(case.line());
@@ -268,11 +223,7 @@ pub fn check_head(file: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
 /// `sup_mask` must reproduce every head intermediate, the logits and the labels. (The backbone part
 /// of these files — images → features — is checked elsewhere.)
 pub fn check_e2e(file: &Path, sidecar: &Value) -> Result<Vec<String>, String> {
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("e2e")
-        .to_string();
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("e2e").to_string();
     check_episodes(file, sidecar, &stem)
 }
 
@@ -288,12 +239,8 @@ pub fn options_from(sidecar: &Value) -> HeadOptions {
             o.mixing_weights[i] = v.as_f64().unwrap_or(o.mixing_weights[i] as f64) as f32;
         }
     }
-    o.max_seeds = sidecar["max_num_sp"]
-        .as_u64()
-        .map_or(o.max_seeds, |v| v as usize);
-    o.area_per_seed = sidecar["avg_sp_area"]
-        .as_u64()
-        .map_or(o.area_per_seed, |v| v as usize);
+    o.max_seeds = sidecar["max_num_sp"].as_u64().map_or(o.max_seeds, |v| v as usize);
+    o.area_per_seed = sidecar["avg_sp_area"].as_u64().map_or(o.area_per_seed, |v| v as usize);
     o
 }
 
@@ -303,27 +250,13 @@ pub fn check_episodes(file: &Path, sidecar: &Value, label: &str) -> Result<Vec<S
     let fs = tensor(&st, "feat_support")?;
     let fq = tensor(&st, "feat_query")?;
     let bcma_ref = f32s(&st, "bcma_protos")?.0;
-    let ran_ref = if has(&st, "ran") {
-        Some(f32s(&st, "ran")?.0)
-    } else {
-        None
-    };
+    let ran_ref = if has(&st, "ran") { Some(f32s(&st, "ran")?.0) } else { None };
     let opts = options_from(sidecar);
     let cases = sidecar["cases"].as_object().ok_or("sidecar has no cases")?;
     let (mut lines, mut failures) = (Vec::new(), Vec::new());
     for (name, meta) in cases {
         let mut case = Case::new(format!("{label}/{name}"));
-        if let Err(e) = check_one_episode(
-            &st,
-            name,
-            meta,
-            &fs,
-            &fq,
-            &bcma_ref,
-            ran_ref.as_deref(),
-            &opts,
-            &mut case,
-        ) {
+        if let Err(e) = check_one_episode(&st, name, meta, &fs, &fq, &bcma_ref, ran_ref.as_deref(), &opts, &mut case) {
             case.fail(e);
         }
         lines.push(case.line());
@@ -346,42 +279,22 @@ fn check_one_episode(
 ) -> Result<(), String> {
     let t = |s: &str| format!("{name}.{s}");
     let (mask, ms) = u8s(st, &t("sup_mask"))?;
-    let ep = SupportEpisode::new(fs, &mask, ms[0], ms[1], opts)
-        .map_err(|e| format!("SupportEpisode::new: {e}"))?;
+    let ep = SupportEpisode::new(fs, &mask, ms[0], ms[1], opts).map_err(|e| format!("SupportEpisode::new: {e}"))?;
 
     // Discrete quantities: exact.
-    case.exact(
-        "fg mode",
-        ep.fg_mode().as_str(),
-        meta["fg_mode"].as_str().unwrap_or("?"),
-    );
-    case.exact(
-        "num_sp",
-        ep.seeds().len() as u64,
-        meta["num_sp_used"].as_u64().unwrap_or(u64::MAX),
-    );
+    case.exact("fg mode", ep.fg_mode().as_str(), meta["fg_mode"].as_str().unwrap_or("?"));
+    case.exact("num_sp", ep.seeds().len() as u64, meta["num_sp_used"].as_u64().unwrap_or(u64::MAX));
     let (seeds, _) = i64s(st, &t("seeds"))?;
-    let want: Vec<(usize, usize)> = seeds
-        .chunks_exact(2)
-        .take(ep.seeds().len())
-        .map(|s| (s[0] as usize, s[1] as usize))
-        .collect();
+    let want: Vec<(usize, usize)> =
+        seeds.chunks_exact(2).take(ep.seeds().len()).map(|s| (s[0] as usize, s[1] as usize)).collect();
     case.exact("seeds", ep.seeds().to_vec(), want);
-    case.exact(
-        "bg prototypes",
-        ep.num_bg_prototypes() as u64,
-        meta["n_bg_protos"].as_u64().unwrap_or(u64::MAX),
-    );
+    case.exact("bg prototypes", ep.num_bg_prototypes() as u64, meta["n_bg_protos"].as_u64().unwrap_or(u64::MAX));
     case.exact(
         "fg local prototypes",
         ep.num_fg_local_prototypes() as u64,
         meta["n_fg_local_protos"].as_u64().unwrap_or(u64::MAX),
     );
-    case.exact(
-        "ROI cells",
-        ep.masks().roi().len() as u64,
-        meta["clustering_roi_cells"].as_u64().unwrap_or(u64::MAX),
-    );
+    case.exact("ROI cells", ep.masks().roi().len() as u64, meta["clustering_roi_cells"].as_u64().unwrap_or(u64::MAX));
     case.parts.push(format!(
         "{} num_sp {} bg {} fg {}",
         ep.fg_mode().as_str(),
@@ -390,15 +303,8 @@ fn check_one_episode(
         ep.num_fg_local_prototypes()
     ));
 
-    let (scores, tr) = ep
-        .score_traced(fq)
-        .map_err(|e| format!("score_traced: {e}"))?;
-    for (what, got) in [
-        ("m_f", &tr.m_f),
-        ("m_b", &tr.m_b),
-        ("pool_f", &tr.pool_f),
-        ("pool_b", &tr.pool_b),
-    ] {
+    let (scores, tr) = ep.score_traced(fq).map_err(|e| format!("score_traced: {e}"))?;
+    for (what, got) in [("m_f", &tr.m_f), ("m_b", &tr.m_b), ("pool_f", &tr.pool_f), ("pool_b", &tr.pool_b)] {
         case.bit_exact(what, got, &f32s(st, &t(what))?.0);
     }
 
@@ -408,17 +314,9 @@ fn check_one_episode(
     }
     case.close("bcma", &to_vec(&tr.bcma_protos)?, bcma_ref, false);
     match (&tr.fg_local_protos, has(st, &t("fg_local_protos"))) {
-        (Some(p), true) => case.close(
-            "fg_local",
-            &to_vec(p)?,
-            &f32s(st, &t("fg_local_protos"))?.0,
-            false,
-        ),
+        (Some(p), true) => case.close("fg_local", &to_vec(p)?, &f32s(st, &t("fg_local_protos"))?.0, false),
         (None, false) => {}
-        (got, _) => case.fail(format!(
-            "fg_local_protos presence: ours {}, reference the opposite",
-            got.is_some()
-        )),
+        (got, _) => case.fail(format!("fg_local_protos presence: ours {}, reference the opposite", got.is_some())),
     }
     match (&tr.pc, has(st, &t("pc"))) {
         (Some(pc), true) => {
@@ -430,10 +328,7 @@ fn check_one_episode(
             case.close("pc", &to_vec(pc)?, &f32s(st, &t("pc"))?.0, false);
         }
         (None, false) => {}
-        (got, _) => case.fail(format!(
-            "pc presence: ours {}, reference the opposite",
-            got.is_some()
-        )),
+        (got, _) => case.fail(format!("pc presence: ours {}, reference the opposite", got.is_some())),
     }
     case.close("p_g", &to_vec(&tr.p_g)?, &f32s(st, &t("p_g"))?.0, false);
     case.close("s_bg", &to_vec(&tr.s_bg)?, &f32s(st, &t("s_bg"))?.0, true);
@@ -457,13 +352,9 @@ fn check_one_episode(
         }
     }
     case.exact("label count", labels.len(), label_ref.len());
-    case.parts
-        .push(format!("labels: {hard} flips, {soft} below margin"));
+    case.parts.push(format!("labels: {hard} flips, {soft} below margin"));
     if hard > 0 {
-        case.fail(format!(
-            "{hard} labels differ where the reference margin is >= {LABEL_MARGIN}"
-        ));
+        case.fail(format!("{hard} labels differ where the reference margin is >= {LABEL_MARGIN}"));
     }
     Ok(())
 }
-

@@ -50,7 +50,7 @@ def make_case(tmp, ct, direction):
     kept = seg.add_label("kept", (0.2, 0.2, 0.9), g1)
     group0 = np.zeros(voxels.shape, np.uint16)
     group0[64] = np.where(truth[64] > 0, liver.value, 0)
-    group0[10, 5:9, 5:9] = marker.value        # a label not asked for: must stay as it is
+    group0[10, 5:9, 5:9] = marker.value  # a label not asked for: must stay as it is
     seg.set_group_image(0, group0)
     group1 = np.zeros(voxels.shape, np.uint16)
     group1[64] = np.where(truth[64] > 0, kept.value, 0)
@@ -63,9 +63,26 @@ def cli_labels(tmp, image, image_path, support, name):
     sup = mitk.Image.from_numpy(support, spacing=image.spacing, origin=image.origin, direction=image.direction)
     sup_path, out = str(tmp / f"{name}-support.nrrd"), str(tmp / f"{name}-cli.nrrd")
     sup.save(sup_path)
-    p = subprocess.run([os.environ["DSPNET_CLI"], "segment", image_path, "--support", sup_path, "-o", out, "--weights",
-                        os.environ["DSPNET_TEST_WEIGHTS"], "--device", "cpu", "--extent", EXTENT, "--quiet"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            os.environ["DSPNET_CLI"],
+            "segment",
+            image_path,
+            "--support",
+            sup_path,
+            "-o",
+            out,
+            "--weights",
+            os.environ["DSPNET_TEST_WEIGHTS"],
+            "--device",
+            "cpu",
+            "--extent",
+            EXTENT,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     return np.asarray(mitk.Image.load(out).array)
 
@@ -86,8 +103,9 @@ def test_geometry_labels_and_voxels(model, ct, tmp_path, direction):
     after = np.asarray(result.get_group_image(0).array)
     assert (after[10, 5:9, 5:9] == marker).all(), "a label not asked for was changed"
     assert np.array_equal(after[64], before[64]), "the painted slice is kept"
-    assert np.array_equal(np.asarray(result.get_group_image(1).array), np.asarray(seg.get_group_image(1).array)), \
+    assert np.array_equal(np.asarray(result.get_group_image(1).array), np.asarray(seg.get_group_image(1).array)), (
         "a group without chosen labels is left as it was"
+    )
     # Voxel for voxel what the command line gives on the same files.
     support = np.where(before == liver, before, 0).astype(np.uint16)
     expected = cli_labels(tmp_path, image, image_path, support, direction)
@@ -115,17 +133,53 @@ def test_command_line(ct, tmp_path):
     image, image_path, seg, (liver, marker, kept) = make_case(tmp_path, ct, "flipped")
     seg_path, out = str(tmp_path / "painted.nrrd"), tmp_path / "out.nrrd"
     seg.save(seg_path)
-    p = subprocess.run([sys.executable, "-m", "dspnet.mitk", image_path, seg_path, "-o", str(out), "--weights",
-                        os.environ["DSPNET_TEST_WEIGHTS"], "--labels", str(liver), "--extent", EXTENT],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspnet.mitk",
+            image_path,
+            seg_path,
+            "-o",
+            str(out),
+            "--weights",
+            os.environ["DSPNET_TEST_WEIGHTS"],
+            "--labels",
+            str(liver),
+            "--extent",
+            EXTENT,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     [written] = mitk.IOUtil.load(str(out))
-    expected = dm.segment(mitk.Image.load(image_path), mitk.MultiLabelSegmentation.load(seg_path),
-                          model=dspnet.Model(os.environ["DSPNET_TEST_WEIGHTS"]), labels=[liver], extent=EXTENT)
+    expected = dm.segment(
+        mitk.Image.load(image_path),
+        mitk.MultiLabelSegmentation.load(seg_path),
+        model=dspnet.Model(os.environ["DSPNET_TEST_WEIGHTS"]),
+        labels=[liver],
+        extent=EXTENT,
+    )
     assert np.array_equal(np.asarray(written.get_group_image(0).array), np.asarray(expected.get_group_image(0).array))
     # A failure writes nothing and says why.
-    p = subprocess.run([sys.executable, "-m", "dspnet.mitk", image_path, seg_path, "-o", str(tmp_path / "bad.nrrd"),
-                        "--weights", os.environ["DSPNET_TEST_WEIGHTS"], "--labels", "77"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspnet.mitk",
+            image_path,
+            seg_path,
+            "-o",
+            str(tmp_path / "bad.nrrd"),
+            "--weights",
+            os.environ["DSPNET_TEST_WEIGHTS"],
+            "--labels",
+            "77",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "77" in p.stderr and not (tmp_path / "bad.nrrd").exists()
 
 

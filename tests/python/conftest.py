@@ -24,6 +24,7 @@ def weights():
 def ct():
     """The CT liver crop (nibabel images) and a support painted on slice k=64."""
     import nibabel as nib
+
     img = nib.load(os.path.join(CT, "image.nii.gz"))
     truth = np.asarray(nib.load(os.path.join(CT, "labels.nii.gz")).dataobj).astype(np.uint16)
     support = np.zeros_like(truth)
@@ -33,6 +34,7 @@ def ct():
 
 def write_support(path, img, support):
     import nibabel as nib
+
     nib.save(nib.Nifti1Image(support, img.affine), path)
 
 

@@ -36,6 +36,7 @@ def make_manifest(d, ct, n, prefix):
 
 def labels(path):
     import nibabel as nib
+
     return np.asarray(nib.load(path).dataobj)
 
 
@@ -60,7 +61,9 @@ def test_same_results_journal_and_report_as_dspnet_batch(cluster, ct, weights, t
     rows = segment_many(m, cluster, weights, report=report)
     assert [r["status"] for r in rows] == ["done"] * n
     for s in range(n):
-        assert np.array_equal(labels(tmp_path / f"dask/study-{s}.nii.gz"), labels(tmp_path / f"batch/study-{s}.nii.gz")), s
+        assert np.array_equal(
+            labels(tmp_path / f"dask/study-{s}.nii.gz"), labels(tmp_path / f"batch/study-{s}.nii.gz")
+        ), s
     with open(report) as f:
         rep = list(csv.DictReader(f))
     assert [r["status"] for r in rep] == ["done"] * n and all(int(r["labelled_voxels"]) > 0 for r in rep)
@@ -90,6 +93,7 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, ct, weights, tmp_path):
             result["rows"] = segment_many(m, cluster, weights, retries=3)
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
+
     t = threading.Thread(target=run)
     t.start()
     # Kill (SIGKILL) a worker while it is running a study; its nanny starts a new one.
@@ -110,7 +114,9 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, ct, weights, tmp_path):
     done = [line["key"] for line in journal_lines(m) if line["status"] == "done"]
     assert len(done) == n and len(set(done)) == n, "every study done exactly once"
     for s in range(n):
-        assert np.array_equal(labels(tmp_path / f"dask/study-{s}.nii.gz"), labels(tmp_path / f"batch/study-{s}.nii.gz")), s
+        assert np.array_equal(
+            labels(tmp_path / f"dask/study-{s}.nii.gz"), labels(tmp_path / f"batch/study-{s}.nii.gz")
+        ), s
     leftovers = [f for f in os.listdir(tmp_path / "dask") if ".tmp-" in f]
     assert not leftovers, leftovers
     assert os.getpid() not in cluster.run(os.getpid).values()

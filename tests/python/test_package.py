@@ -24,13 +24,27 @@ def model(weights):
 def reference(tmp_path_factory, ct, weights):
     """`dspnet segment` on the same files: the labels every Python path must reproduce."""
     import nibabel as nib
+
     img, support = ct
     d = tmp_path_factory.mktemp("ref")
     sup = d / "support.nii.gz"
     write_support(sup, img, support)
     out = d / "cli.nii.gz"
-    run_cli("segment", os.path.join(CT, "image.nii.gz"), "--support", sup, "-o", out, "--weights", weights,
-            "--device", "cpu", "--extent", EXTENT, "--quiet")
+    run_cli(
+        "segment",
+        os.path.join(CT, "image.nii.gz"),
+        "--support",
+        sup,
+        "-o",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "--extent",
+        EXTENT,
+        "--quiet",
+    )
     return sup, np.asarray(nib.load(out).dataobj)
 
 
@@ -56,8 +70,12 @@ def test_numpy_ijk_matches_the_command_line_in_any_order_and_dtype(model, ct, re
     assert labels.shape == data.shape and labels.dtype == np.uint16
     assert np.array_equal(labels, expected)
     # C order, float64, bool-free copies: the same labels.
-    assert np.array_equal(model.segment(np.ascontiguousarray(data, dtype=np.float64), np.ascontiguousarray(support),
-                                        spacing=spacing, extent=EXTENT), expected)
+    assert np.array_equal(
+        model.segment(
+            np.ascontiguousarray(data, dtype=np.float64), np.ascontiguousarray(support), spacing=spacing, extent=EXTENT
+        ),
+        expected,
+    )
     # [k, j, i] arrays with index_order="kji" (SimpleITK, Slicer).
     kji = model.segment(data.T, support.T, spacing=spacing, extent=EXTENT, index_order="kji")
     assert np.array_equal(kji.T, expected)
@@ -69,12 +87,30 @@ def test_numpy_ijk_matches_the_command_line_in_any_order_and_dtype(model, ct, re
 def test_options_are_the_command_lines(model, ct, weights, tmp_path):
     img, support = ct
     import nibabel as nib
+
     data, spacing = np.asarray(img.dataobj), img.header.get_zooms()[:3]
     sup = tmp_path / "s.nii.gz"
     write_support(sup, img, support)
     out = tmp_path / "independent.nii.gz"
-    run_cli("segment", os.path.join(CT, "image.nii.gz"), "--support", sup, "-o", out, "--weights", weights,
-            "--device", "cpu", "--extent", EXTENT, "--propagation", "independent", "--axis", "k", "--quiet")
+    run_cli(
+        "segment",
+        os.path.join(CT, "image.nii.gz"),
+        "--support",
+        sup,
+        "-o",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "--extent",
+        EXTENT,
+        "--propagation",
+        "independent",
+        "--axis",
+        "k",
+        "--quiet",
+    )
     labels = model.segment(data, support, spacing=spacing, extent=EXTENT, propagation="independent", axis="k")
     assert np.array_equal(labels, np.asarray(nib.load(out).dataobj))
     with pytest.raises(dspnet.InvalidArgumentError) as e:
@@ -82,8 +118,25 @@ def test_options_are_the_command_lines(model, ct, weights, tmp_path):
     assert e.value.status == dspnet.binding.DSPNET_ERROR_INVALID_ARGUMENT
     # Head parameters under the official names, as --head gives them.
     out = tmp_path / "head.nii.gz"
-    run_cli("segment", os.path.join(CT, "image.nii.gz"), "--support", sup, "-o", out, "--weights", weights,
-            "--device", "cpu", "--extent", EXTENT, "--head", "bg_thresh=0.5", "--head", "w1_w2_w3=0:1:0", "--quiet")
+    run_cli(
+        "segment",
+        os.path.join(CT, "image.nii.gz"),
+        "--support",
+        sup,
+        "-o",
+        out,
+        "--weights",
+        weights,
+        "--device",
+        "cpu",
+        "--extent",
+        EXTENT,
+        "--head",
+        "bg_thresh=0.5",
+        "--head",
+        "w1_w2_w3=0:1:0",
+        "--quiet",
+    )
     head = {"bg_thresh": 0.5, "w1_w2_w3": (0, 1, 0)}
     tuned = model.segment(data, support, spacing=spacing, extent=EXTENT, head=head)
     assert np.array_equal(tuned, np.asarray(nib.load(out).dataobj))
@@ -97,6 +150,7 @@ def test_options_are_the_command_lines(model, ct, weights, tmp_path):
 def test_helpers_keep_geometry(model, ct, reference):
     import nibabel as nib
     import SimpleITK as sitk
+
     img, support = ct
     sup_path, expected = reference
     out = dspnet.segment_nibabel(model, img, nib.load(sup_path), extent=EXTENT)
@@ -117,6 +171,7 @@ def test_helpers_keep_geometry(model, ct, reference):
 
 def test_segment_files_is_the_command_line(model, ct, reference, tmp_path):
     import nibabel as nib
+
     sup_path, expected = reference
     out = tmp_path / "deep" / "out.nii.gz"
     summary = model.segment_files(os.path.join(CT, "image.nii.gz"), sup_path, out, extent=EXTENT)
@@ -153,6 +208,7 @@ def test_progress_cancel_and_the_gil(model, ct):
     def spin():  # runs only while segment() has released the GIL
         while not stop.is_set():
             ticks[0] += 1
+
     t = threading.Thread(target=spin)
     t.start()
     try:
@@ -166,6 +222,7 @@ def test_progress_cancel_and_the_gil(model, ct):
     def progress(done, total):
         if done >= 1:
             cancel.set()
+
     with pytest.raises(dspnet.CancelledError):
         model.segment(data, support, spacing=spacing, extent="all", progress=progress, cancel=cancel)
 

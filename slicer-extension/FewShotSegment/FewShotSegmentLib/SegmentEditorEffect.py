@@ -26,8 +26,13 @@ from SegmentEditorEffects import *  # noqa: F401,F403 - AbstractScriptedSegmentE
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
 from FewShotSegmentLib import binding
-from FewShotSegmentLib.logic import (FewShotSegmentLogic, ObliqueViewError, SegmentationTask, AXIS_NAMES,
-                                     SETTINGS_DEVICE_KEY)
+from FewShotSegmentLib.logic import (
+    FewShotSegmentLogic,
+    ObliqueViewError,
+    SegmentationTask,
+    AXIS_NAMES,
+    SETTINGS_DEVICE_KEY,
+)
 
 EFFECT_NAME = "Few-Shot"
 
@@ -58,6 +63,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
         clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
         clonedEffect.setPythonSource(__file__.replace("\\", "/"))
         return clonedEffect
@@ -85,8 +91,10 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
 
     def setupOptionsFrame(self):
         self.sliceViewComboBox = qt.QComboBox()
-        self.sliceViewComboBox.setToolTip("Axis along which the paint is propagated: Auto, or the axis a slice view "
-                                          "looks along (mapped into the volume's IJK axes).")
+        self.sliceViewComboBox.setToolTip(
+            "Axis along which the paint is propagated: Auto, or the axis a slice view "
+            "looks along (mapped into the volume's IJK axes)."
+        )
         self.scriptedEffect.addLabeledOptionsWidget("Slice axis:", self.sliceViewComboBox)
 
         self.extentComboBox = qt.QComboBox()
@@ -109,9 +117,11 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.propagationComboBox = qt.QComboBox()
         self.propagationComboBox.addItem("Follow the structure (memory)", "memory")
         self.propagationComboBox.addItem("Each slice independently", "independent")
-        self.propagationComboBox.setToolTip("Follow: slice by slice from each painted slice, each slice matched against "
-                                            "the painted slice and the latest results, stopping where the structure "
-                                            "ends. Independent: every slice matched on its own (the paper's protocol).")
+        self.propagationComboBox.setToolTip(
+            "Follow: slice by slice from each painted slice, each slice matched against "
+            "the painted slice and the latest results, stopping where the structure "
+            "ends. Independent: every slice matched on its own (the paper's protocol)."
+        )
         self.scriptedEffect.addLabeledOptionsWidget("Propagation:", self.propagationComboBox)
 
         self.deviceComboBox = qt.QComboBox()
@@ -121,7 +131,9 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.weightsPathLineEdit = ctk.ctkPathLineEdit()
         self.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         self.weightsPathLineEdit.nameFilters = ["Model weights (*.safetensors)"]
-        self.weightsPathLineEdit.setToolTip("Model weights; empty = the default model set in the Few-Shot Segment module")
+        self.weightsPathLineEdit.setToolTip(
+            "Model weights; empty = the default model set in the Few-Shot Segment module"
+        )
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceComboBox)
         self.scriptedEffect.addLabeledOptionsWidget("Weights:", self.weightsPathLineEdit)
 
@@ -142,10 +154,12 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.statusLabel.setTextInteractionFlags(qt.Qt.TextSelectableByMouse)
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
         self.suggestionButton = qt.QPushButton("Show the least confident slice")
-        self.suggestionButton.setToolTip("Move the slice views to the slices the model is least sure of (inside the "
-                                         "result, away from the painted slices); each click shows the next one. "
-                                         "Correct the result there and press Update: the run reuses the slices "
-                                         "already encoded and takes seconds.")
+        self.suggestionButton.setToolTip(
+            "Move the slice views to the slices the model is least sure of (inside the "
+            "result, away from the painted slices); each click shows the next one. "
+            "Correct the result there and press Update: the run reuses the slices "
+            "already encoded and takes seconds."
+        )
         self.suggestionButton.setVisible(False)
         self.scriptedEffect.addOptionsWidget(self.suggestionButton)
         self.suggestions = None  # (volume node ID, slice axis, [slices]) of the last preview
@@ -162,7 +176,9 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.weightsPathLineEdit.connect("currentPathChanged(QString)", self.updateMRMLFromGUI)
 
     def _fillSliceViews(self):
-        current = self.scriptedEffect.parameter("SliceView") if self.scriptedEffect.parameterDefined("SliceView") else "auto"
+        current = (
+            self.scriptedEffect.parameter("SliceView") if self.scriptedEffect.parameterDefined("SliceView") else "auto"
+        )
         wasBlocked = self.sliceViewComboBox.blockSignals(True)
         self.sliceViewComboBox.clear()
         self.sliceViewComboBox.addItem("Auto (from the painted slices)", "auto")
@@ -189,8 +205,14 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
     def updateGUIFromMRML(self):
         AbstractScriptedSegmentEditorAutoCompleteEffect.updateGUIFromMRML(self)
         self._fillSliceViews()
-        widgets = [self.extentComboBox, self.extentFirstSpinBox, self.extentLastSpinBox, self.propagationComboBox,
-                   self.deviceComboBox, self.weightsPathLineEdit]
+        widgets = [
+            self.extentComboBox,
+            self.extentFirstSpinBox,
+            self.extentLastSpinBox,
+            self.propagationComboBox,
+            self.deviceComboBox,
+            self.weightsPathLineEdit,
+        ]
         blocked = [w.blockSignals(True) for w in widgets]
         extent = self.scriptedEffect.parameter("Extent")
         self.extentComboBox.setCurrentIndex(max(0, self.extentComboBox.findData(extent)))
@@ -199,7 +221,9 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.extentFirstSpinBox.setEnabled(extent == "range")
         self.extentLastSpinBox.setEnabled(extent == "range")
         self.propagationComboBox.setCurrentIndex(max(0, self.propagationComboBox.findData(self._propagation())))
-        self.deviceComboBox.setCurrentIndex(max(0, self.deviceComboBox.findData(self.scriptedEffect.parameter("Device"))))
+        self.deviceComboBox.setCurrentIndex(
+            max(0, self.deviceComboBox.findData(self.scriptedEffect.parameter("Device")))
+        )
         self.weightsPathLineEdit.currentPath = self.scriptedEffect.parameter("Weights")
         for w, b in zip(widgets, blocked):
             w.blockSignals(b)
@@ -234,12 +258,16 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             first = self.scriptedEffect.integerParameter("ExtentFirst")
             last = self.scriptedEffect.integerParameter("ExtentLast")
             if last < first:
-                raise ValueError(f"the slice range {first} to {last} is empty: the last slice must not precede the first")
+                raise ValueError(
+                    f"the slice range {first} to {last} is empty: the last slice must not precede the first"
+                )
             return (first, last)
         return extent if extent in ("auto", "all") else "auto"
 
     def _propagation(self):
-        value = self.scriptedEffect.parameter("Propagation") if self.scriptedEffect.parameterDefined("Propagation") else ""
+        value = (
+            self.scriptedEffect.parameter("Propagation") if self.scriptedEffect.parameterDefined("Propagation") else ""
+        )
         return value if value in ("memory", "independent") else "memory"
 
     def _sliceAxis(self, volumeNode):
@@ -257,6 +285,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         segmentationNode.GetDisplayNode().GetVisibleSegmentIDs(visible)
         visibleIds = {visible.GetValue(i) for i in range(visible.GetNumberOfValues())}
         from FewShotSegmentLib.logic import volumeGeometryInSegmentationFrame
+
         geometry = volumeGeometryInSegmentationFrame(volumeNode, segmentationNode)
         painted = FewShotSegmentLogic.nonEmptySegmentIds(segmentationNode, geometry)
         return [s for s in painted if s in visibleIds]
@@ -279,9 +308,14 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             logic = sharedLogic()
             logic.library()  # a missing library is reported here, before any work
             with slicer.util.WaitCursor():
-                job = logic.prepareJob(volumeNode, segmentationNode, segmentIds,
-                                       sliceAxis=self._sliceAxis(volumeNode), extent=self._extent(),
-                                       propagation=self._propagation())
+                job = logic.prepareJob(
+                    volumeNode,
+                    segmentationNode,
+                    segmentIds,
+                    sliceAxis=self._sliceAxis(volumeNode),
+                    extent=self._extent(),
+                    propagation=self._propagation(),
+                )
             weights = self.scriptedEffect.parameter("Weights") or None
             device = self.scriptedEffect.parameter("Device") or "auto"
             self.task = SegmentationTask(logic, job, weights=weights, device=device).start()
@@ -318,8 +352,10 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             if task.cancelled:
                 self._setStatus("Stopped: the preview was not changed.")
             elif task.error is not None:
-                self._reportError(task.error, "".join(traceback.format_exception(
-                    type(task.error), task.error, task.error.__traceback__)))
+                self._reportError(
+                    task.error,
+                    "".join(traceback.format_exception(type(task.error), task.error, task.error.__traceback__)),
+                )
             else:
                 self._showPreview(task.job)
                 s = task.job.summary
@@ -327,11 +363,13 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
                 self.suggestions = (task.job.volumeNodeId, s.slice_axis, suggested) if suggested else None
                 self.suggestionIndex = 0
                 self.suggestionButton.setVisible(bool(suggested))
-                check = (f" Least confident slices: {', '.join(str(z) for z in suggested)}." if suggested else "")
+                check = f" Least confident slices: {', '.join(str(z) for z in suggested)}." if suggested else ""
                 reused = " (slices reused from the previous run)" if task.job.reusedSession else ""
-                self._setStatus(f"Preview of {', '.join(task.job.segmentNames)}: {s.slices_processed} slices along "
-                                f"{AXIS_NAMES[s.slice_axis] if s.slice_axis in (0, 1, 2) else '?'} in {task.seconds:.1f} s"
-                                f"{reused}.{check} Apply to keep it, Cancel to discard it.")
+                self._setStatus(
+                    f"Preview of {', '.join(task.job.segmentNames)}: {s.slices_processed} slices along "
+                    f"{AXIS_NAMES[s.slice_axis] if s.slice_axis in (0, 1, 2) else '?'} in {task.seconds:.1f} s"
+                    f"{reused}.{check} Apply to keep it, Cancel to discard it."
+                )
         except Exception as e:
             self._reportError(e)
         finally:
@@ -351,8 +389,10 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         ras = FewShotSegmentLogic.sliceCenterRAS(volumeNode, axis, z)
         for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
             sliceNode.JumpSliceByOffsetting(*ras)
-        self.suggestionButton.setText(f"Show the least confident slice (now {AXIS_NAMES[axis]} = {z}; "
-                                      f"{self.suggestionIndex % len(slices) + 1} of {len(slices)} next)")
+        self.suggestionButton.setText(
+            f"Show the least confident slice (now {AXIS_NAMES[axis]} = {z}; "
+            f"{self.suggestionIndex % len(slices) + 1} of {len(slices)} next)"
+        )
 
     def onStop(self):
         if self.task is not None:
@@ -363,6 +403,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
     def _showPreview(self, job):
         """Build (or refresh) the preview segmentation from a finished job. Main thread."""
         import vtkSegmentationCorePython as vtkSegmentationCore
+
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         volumeNode = slicer.mrmlScene.GetNodeByID(job.volumeNodeId)
         if segmentationNode is None or volumeNode is None or segmentationNode.GetID() != job.segmentationNodeId:
@@ -379,7 +420,8 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             self.scriptedEffect.setCommonNodeReference(ResultPreviewNodeReferenceRole, previewNode)
             self.scriptedEffect.setCommonParameter("SegmentationResultPreviewOwnerEffect", self.scriptedEffect.name)
             previewNode.GetSegmentation().SetConversionParameter(
-                slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule.GetSmoothingFactorParameterName(), "-0.5")
+                slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule.GetSmoothingFactorParameterName(), "-0.5"
+            )
         previewNode.SetName(segmentationNode.GetName() + " preview")
         previewNode.RemoveClosedSurfaceRepresentation()
         labelmap = sharedLogic().resultLabelmap(job, volumeNode, segmentationNode)

@@ -28,9 +28,18 @@ import numpy as np
 
 from . import binding
 
-__all__ = ["FewShotSegmentLogic", "SegmentationJob", "SegmentResult", "SegmentationTask",
-           "ObliqueViewError", "sliceAxisFromNormal", "sliceAxisFromSliceNode",
-           "ensureSegmentationConverterRules", "SETTINGS_WEIGHTS_KEY", "SETTINGS_DEVICE_KEY"]
+__all__ = [
+    "FewShotSegmentLogic",
+    "SegmentationJob",
+    "SegmentResult",
+    "SegmentationTask",
+    "ObliqueViewError",
+    "sliceAxisFromNormal",
+    "sliceAxisFromSliceNode",
+    "ensureSegmentationConverterRules",
+    "SETTINGS_WEIGHTS_KEY",
+    "SETTINGS_DEVICE_KEY",
+]
 
 SETTINGS_WEIGHTS_KEY = "FewShotSegment/WeightsPath"
 SETTINGS_DEVICE_KEY = "FewShotSegment/Device"
@@ -45,6 +54,7 @@ class ObliqueViewError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------------
+
 
 def sliceAxisFromNormal(normalRAS, ijkToRASDirections, toleranceDegrees=1.0, viewName="The slice view"):
     """The IJK axis (0 = i, 1 = j, 2 = k) that a view normal (in the volume's RAS frame) is parallel to.
@@ -64,7 +74,8 @@ def sliceAxisFromNormal(normalRAS, ijkToRASDirections, toleranceDegrees=1.0, vie
             f"{viewName} is oblique to the volume's voxel grid: its normal is {angle:.1f} degrees away from the "
             f"nearest volume axis ({AXIS_NAMES[axis]}). Few-Shot segments along the volume's own slices: "
             "choose 'Rotate to volume plane' in the view's menu (or reset the view to axial, sagittal or "
-            "coronal when the volume is not rotated), repaint the slice there, or set the slice axis to Auto.")
+            "coronal when the volume is not rotated), repaint the slice there, or set the slice axis to Auto."
+        )
     return axis
 
 
@@ -76,13 +87,16 @@ def _worldToVolumeMatrix(volumeNode):
     """4x4 world-to-volume-parent matrix (identity without a parent transform)."""
     import vtk
     import slicer
+
     parent = volumeNode.GetParentTransformNode()
     if parent is None:
         return np.eye(4)
     m = vtk.vtkMatrix4x4()
     if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, parent, m):
-        raise ValueError(f"{volumeNode.GetName()} is under a non-linear transform; harden it first "
-                         "(Data module: right-click the transform, 'Harden transform')")
+        raise ValueError(
+            f"{volumeNode.GetName()} is under a non-linear transform; harden it first "
+            "(Data module: right-click the transform, 'Harden transform')"
+        )
     return _vtkMatrixToNumpy(m)
 
 
@@ -105,19 +119,23 @@ def ensureSegmentationConverterRules():
     cannot even hold a binary labelmap ("Unable to construct empty representation type 'Binary
     labelmap'"). A no-op inside Slicer."""
     import slicer
+
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     if len(factory.GetConverterRules()) > 0:
         return False
-    for cls in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
-                slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
-                slicer.vtkClosedSurfaceToFractionalLabelmapConversionRule,
-                slicer.vtkFractionalLabelmapToClosedSurfaceConversionRule):
+    for cls in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+        slicer.vtkClosedSurfaceToFractionalLabelmapConversionRule,
+        slicer.vtkFractionalLabelmapToClosedSurfaceConversionRule,
+    ):
         factory.RegisterConverterRule(cls())
     return True
 
 
 def _numpyFromImageData(imageData):
     import vtk.util.numpy_support as ns
+
     dims = imageData.GetDimensions()
     return ns.vtk_to_numpy(imageData.GetPointData().GetScalars()).reshape(tuple(reversed(dims)))
 
@@ -125,6 +143,7 @@ def _numpyFromImageData(imageData):
 def _segmentIds(segmentationNode):
     """The segmentation's segment IDs, in its order."""
     import vtk
+
     ids = vtk.vtkStringArray()
     segmentationNode.GetSegmentation().GetSegmentIDs(ids)
     return [ids.GetValue(n) for n in range(ids.GetNumberOfValues())]
@@ -135,11 +154,15 @@ def volumeGeometryInSegmentationFrame(volumeNode, segmentationNode):
     coordinate frame (they differ when either node is under a transform)."""
     import slicer
     import vtk
+
     geometry = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-        volumeNode, segmentationNode.GetParentTransformNode())
+        volumeNode, segmentationNode.GetParentTransformNode()
+    )
     if geometry is None:
-        raise ValueError(f"cannot map the grid of {volumeNode.GetName()} into the frame of {segmentationNode.GetName()} "
-                         "(a non-linear transform between them? harden it first)")
+        raise ValueError(
+            f"cannot map the grid of {volumeNode.GetName()} into the frame of {segmentationNode.GetName()} "
+            "(a non-linear transform between them? harden it first)"
+        )
     empty = slicer.vtkOrientedImageData()
     empty.SetExtent(geometry.GetExtent())
     empty.SetSpacing(geometry.GetSpacing())
@@ -155,6 +178,7 @@ def segmentArrayOnVolumeGrid(segmentationNode, segmentId, referenceGeometry):
     from the segment's binary labelmap (shared layers and cropped extents handled)."""
     import slicer
     import vtk
+
     labelmapName = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
     segmentation = segmentationNode.GetSegmentation()
     if not segmentation.ContainsRepresentation(labelmapName):
@@ -167,7 +191,8 @@ def segmentArrayOnVolumeGrid(segmentationNode, segmentId, referenceGeometry):
         return np.zeros(shape, np.uint8)
     resampled = slicer.vtkOrientedImageData()
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, referenceGeometry, resampled, False, False):
+        labelmap, referenceGeometry, resampled, False, False
+    ):
         raise RuntimeError(f"cannot resample segment {segmentId} onto the volume's grid")
     if tuple(resampled.GetExtent()) != tuple(ext):
         pad = vtk.vtkImageConstantPad()
@@ -185,26 +210,28 @@ def segmentArrayOnVolumeGrid(segmentationNode, segmentId, referenceGeometry):
 # Job and result
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class SegmentationJob:
     """Everything a run needs, without MRML objects: safe to hand to a worker thread."""
+
     volumeNodeId: str
     segmentationNodeId: str
     segmentIds: list
     segmentNames: list
-    image: np.ndarray            # [k, j, i], the volume's own voxels (a view when possible)
-    support: np.ndarray          # [k, j, i] uint16, segment n of segmentIds painted with n + 1
-    spacing: tuple               # i, j, k (mm)
-    sliceAxis: int = None        # 0/1/2, or None for automatic
+    image: np.ndarray  # [k, j, i], the volume's own voxels (a view when possible)
+    support: np.ndarray  # [k, j, i] uint16, segment n of segmentIds painted with n + 1
+    spacing: tuple  # i, j, k (mm)
+    sliceAxis: int = None  # 0/1/2, or None for automatic
     extent: object = "auto"
     modality: str = "auto"
     fov: str = "slice"
     components: str = "support"
     propagation: str = "memory"  # "memory" (follow the structure) or "independent"
-    labels: np.ndarray = None    # result, [k, j, i] uint16
+    labels: np.ndarray = None  # result, [k, j, i] uint16
     summary: object = None
-    overlapVoxels: int = 0       # voxels painted in more than one input segment (the later one wins)
-    imageModifiedTime: int = 0   # the volume's voxel modified time when the job was prepared (session key)
+    overlapVoxels: int = 0  # voxels painted in more than one input segment (the later one wins)
+    imageModifiedTime: int = 0  # the volume's voxel modified time when the job was prepared (session key)
     reusedSession: bool = False  # the run reused a session: slices encoded by an earlier run were not encoded again
     keepAlive: list = field(default_factory=list, repr=False)
 
@@ -212,25 +239,29 @@ class SegmentationJob:
 @dataclass
 class SegmentResult:
     """What :meth:`FewShotSegmentLogic.segment` did."""
+
     segmentIds: list
     segmentNames: list
     slicesProcessed: int
     seconds: float
     sliceAxis: int
-    voxels: dict                 # segment ID -> voxels in the written result
+    voxels: dict  # segment ID -> voxels in the written result
     suggestedSlices: list = field(default_factory=list)  # slices to check or paint next, least confident first
     sliceConfidence: object = None  # per slice along the axis: confidence in [0, 1], NaN where not scored
-    reusedSession: bool = False     # slices encoded by an earlier run on this volume were reused
+    reusedSession: bool = False  # slices encoded by an earlier run on this volume were reused
 
     def __str__(self):
         axis = AXIS_NAMES[self.sliceAxis] if self.sliceAxis in (0, 1, 2) else "?"
-        return (f"{len(self.segmentIds)} segment(s) ({', '.join(self.segmentNames)}) propagated along {axis}: "
-                f"{self.slicesProcessed} slices processed in {self.seconds:.1f} s")
+        return (
+            f"{len(self.segmentIds)} segment(s) ({', '.join(self.segmentNames)}) propagated along {axis}: "
+            f"{self.slicesProcessed} slices processed in {self.seconds:.1f} s"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # Logic
 # --------------------------------------------------------------------------------------------------
+
 
 class FewShotSegmentLogic:
     """Few-shot propagation of painted segments through a volume with libdspnet. No Qt, no GUI."""
@@ -263,6 +294,7 @@ class FewShotSegmentLogic:
         library, ...)."""
         try:
             import slicer
+
             app = getattr(slicer, "app", None)
             if app is not None:
                 value = app.userSettings().value(SETTINGS_WEIGHTS_KEY, "")
@@ -336,6 +368,7 @@ class FewShotSegmentLogic:
         if referenceGeometry is not None:
             return list(FewShotSegmentLogic.nonEmptySegmentMasks(segmentationNode, referenceGeometry))
         import slicer
+
         result = []
         for segmentId in _segmentIds(segmentationNode):
             lm = slicer.vtkOrientedImageData()
@@ -355,17 +388,30 @@ class FewShotSegmentLogic:
                 masks[segmentId] = mask
         return masks
 
-    def prepareJob(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, extent="auto",
-                   modality="auto", fov="slice", components="support", propagation="memory"):
+    def prepareJob(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentIds=None,
+        sliceAxis=None,
+        extent="auto",
+        modality="auto",
+        fov="slice",
+        components="support",
+        propagation="memory",
+    ):
         """Read the volume and the painted segments into a :class:`SegmentationJob` (main thread)."""
         import slicer
+
         if volumeNode is None or segmentationNode is None:
             raise ValueError("a volume and a segmentation are required")
         if volumeNode.GetImageData() is None:
             raise ValueError(f"volume {volumeNode.GetName()} has no voxels")
         if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
-            raise ValueError(f"volume {volumeNode.GetName()} has several components per voxel (colour or vector "
-                             "image); Few-Shot needs a scalar CT or MRI volume")
+            raise ValueError(
+                f"volume {volumeNode.GetName()} has several components per voxel (colour or vector "
+                "image); Few-Shot needs a scalar CT or MRI volume"
+            )
         ensureSegmentationConverterRules()
 
         axis = self.resolveSliceAxis(sliceAxis, volumeNode)
@@ -403,19 +449,34 @@ class FewShotSegmentLogic:
             if mask is None:
                 mask = segmentArrayOnVolumeGrid(segmentationNode, segmentId, geometry).astype(bool)
             if not mask.any():
-                raise ValueError(f"segment {name!r} is empty on the grid of {volumeNode.GetName()}: paint it on at "
-                                 "least one slice of this volume")
+                raise ValueError(
+                    f"segment {name!r} is empty on the grid of {volumeNode.GetName()}: paint it on at "
+                    "least one slice of this volume"
+                )
             overlap += int(np.count_nonzero(support[mask]))
             support[mask] = n
         if overlap:
-            logging.warning("Few-Shot: %d voxels are painted in more than one segment; the later segment is used there",
-                            overlap)
+            logging.warning(
+                "Few-Shot: %d voxels are painted in more than one segment; the later segment is used there", overlap
+            )
         return SegmentationJob(
-            volumeNodeId=volumeNode.GetID(), segmentationNodeId=segmentationNode.GetID(),
-            segmentIds=segmentIds, segmentNames=names, image=image, support=support, spacing=spacing,
-            sliceAxis=axis, extent=extent, modality=modality, fov=fov, components=components,
-            propagation=propagation, overlapVoxels=overlap, imageModifiedTime=imageModifiedTime,
-            keepAlive=[volumeNode.GetImageData()])
+            volumeNodeId=volumeNode.GetID(),
+            segmentationNodeId=segmentationNode.GetID(),
+            segmentIds=segmentIds,
+            segmentNames=names,
+            image=image,
+            support=support,
+            spacing=spacing,
+            sliceAxis=axis,
+            extent=extent,
+            modality=modality,
+            fov=fov,
+            components=components,
+            propagation=propagation,
+            overlapVoxels=overlap,
+            imageModifiedTime=imageModifiedTime,
+            keepAlive=[volumeNode.GetImageData()],
+        )
 
     @staticmethod
     def resolveSliceAxis(sliceAxis, volumeNode=None):
@@ -443,8 +504,16 @@ class FewShotSegmentLogic:
         With ``useSession`` (default) the run goes through the volume's session: slices encoded by an
         earlier run on the same volume (unchanged since) are reused, so a correction re-runs in seconds;
         the result is the same as without a session."""
-        options = dict(slice_axis=job.sliceAxis, extent=job.extent, modality=job.modality, fov=job.fov,
-                       components=job.components, propagation=job.propagation, progress=progress, cancel=cancel)
+        options = dict(
+            slice_axis=job.sliceAxis,
+            extent=job.extent,
+            modality=job.modality,
+            fov=job.fov,
+            components=job.components,
+            propagation=job.propagation,
+            progress=progress,
+            cancel=cancel,
+        )
         model = self.getModel(weights, device)
         if useSession and model.library.has_sessions:
             session, job.reusedSession = self.getSession(job, weights, device)
@@ -460,6 +529,7 @@ class FewShotSegmentLogic:
         """RAS position of the centre of slice ``sliceIndex`` along IJK axis ``sliceAxis`` (where to move
         the slice views to show that slice)."""
         import vtk
+
         dims = volumeNode.GetImageData().GetDimensions()
         ijk = [(d - 1) / 2.0 for d in dims]
         ijk[sliceAxis] = float(sliceIndex)
@@ -479,6 +549,7 @@ class FewShotSegmentLogic:
         """The result as a ``vtkOrientedImageData`` on the volume's grid in the segmentation's frame:
         one segment's 0/1 mask (``labelValue`` = its position + 1), or all labels (None)."""
         import vtk
+
         image = volumeGeometryInSegmentationFrame(volumeNode, segmentationNode)
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR if len(job.segmentIds) < 256 else vtk.VTK_UNSIGNED_SHORT, 1)
         arr = _numpyFromImageData(image)
@@ -495,6 +566,7 @@ class FewShotSegmentLogic:
         """Write each result label into its segment (replacing it), on the volume's geometry. Other
         segments are never overwritten: where they overlap, Slicer keeps them in separate layers."""
         import slicer
+
         if job.labels is None:
             raise ValueError("the job has no result")
         ensureSegmentationConverterRules()
@@ -507,29 +579,47 @@ class FewShotSegmentLogic:
                 if segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
                     raise ValueError(f"segment {segmentId!r} was removed during the run")
                 mask = self.resultLabelmap(job, volumeNode, segmentationNode, labelValue=n)
-                if not logic.SetBinaryLabelmapToSegment(mask, segmentationNode, segmentId, logic.MODE_REPLACE,
-                                                        mask.GetExtent()):
+                if not logic.SetBinaryLabelmapToSegment(
+                    mask, segmentationNode, segmentId, logic.MODE_REPLACE, mask.GetExtent()
+                ):
                     raise RuntimeError(f"cannot write the result into segment {segmentId!r}")
                 voxels[segmentId] = int(np.count_nonzero(job.labels == n))
         finally:
             segmentationNode.EndModify(wasModifying)
         summary = job.summary
         return SegmentResult(
-            segmentIds=list(job.segmentIds), segmentNames=list(job.segmentNames),
+            segmentIds=list(job.segmentIds),
+            segmentNames=list(job.segmentNames),
             slicesProcessed=getattr(summary, "slices_processed", None) or 0,
             seconds=getattr(summary, "seconds", None) or 0.0,
-            sliceAxis=getattr(summary, "slice_axis", None) if getattr(summary, "slice_axis", None) is not None
+            sliceAxis=getattr(summary, "slice_axis", None)
+            if getattr(summary, "slice_axis", None) is not None
             else job.sliceAxis,
             voxels=voxels,
             suggestedSlices=list(getattr(summary, "suggested_slices", None) or []),
             sliceConfidence=getattr(summary, "slice_confidence", None),
-            reusedSession=job.reusedSession)
+            reusedSession=job.reusedSession,
+        )
 
     # -- all in one ---------------------------------------------------------------------------
 
-    def segment(self, volumeNode, segmentationNode, segmentIds=None, sliceAxis=None, weights=None,
-                device="auto", extent="auto", progress=None, cancel=None, modality="auto", fov="slice",
-                components="support", propagation="memory", useSession=True):
+    def segment(
+        self,
+        volumeNode,
+        segmentationNode,
+        segmentIds=None,
+        sliceAxis=None,
+        weights=None,
+        device="auto",
+        extent="auto",
+        progress=None,
+        cancel=None,
+        modality="auto",
+        fov="slice",
+        components="support",
+        propagation="memory",
+        useSession=True,
+    ):
         """Propagate the painted segments through the volume and write the result into the same segments.
 
         - ``segmentIds``: the segments to propagate (default: every non-empty segment). Each must be
@@ -546,8 +636,9 @@ class FewShotSegmentLogic:
         Returns a :class:`SegmentResult` (segments written, slices processed, seconds, the slices to check
         next)."""
         t0 = time.perf_counter()
-        job = self.prepareJob(volumeNode, segmentationNode, segmentIds, sliceAxis, extent, modality, fov, components,
-                              propagation)
+        job = self.prepareJob(
+            volumeNode, segmentationNode, segmentIds, sliceAxis, extent, modality, fov, components, propagation
+        )
         self.runJob(job, weights=weights, device=device, progress=progress, cancel=cancel, useSession=useSession)
         result = self.writeJobResult(job, volumeNode, segmentationNode)
         if not result.seconds:
@@ -559,6 +650,7 @@ class FewShotSegmentLogic:
 # --------------------------------------------------------------------------------------------------
 # Background execution (threading only; a GUI polls it with a timer)
 # --------------------------------------------------------------------------------------------------
+
 
 class SegmentationTask:
     """Runs :meth:`FewShotSegmentLogic.runJob` on a worker thread.
@@ -586,8 +678,9 @@ class SegmentationTask:
 
     def _run(self):
         try:
-            self.logic.runJob(self.job, weights=self.weights, device=self.device, progress=self._onProgress,
-                              cancel=self._cancel)
+            self.logic.runJob(
+                self.job, weights=self.weights, device=self.device, progress=self._onProgress, cancel=self._cancel
+            )
         except binding.CancelledError:
             self.cancelled = True
         except BaseException as e:  # noqa: BLE001 - reported to the GUI thread

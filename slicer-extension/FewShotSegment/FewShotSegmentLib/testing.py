@@ -24,16 +24,16 @@ from . import logic as fslogic
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # CT scenario: LiTS liver crop, axial support slice.
-CT_BOX = dict(i=(8, 104), j=(16, 112), k=(58, 64))   # 96 x 96 x 6 voxels
-CT_SUPPORT_SLICE = 3                                  # k index in the crop
-CT_EXTENT = (1, 4)                                    # slices 1, 2, 4 are segmented (3 is the support)
+CT_BOX = dict(i=(8, 104), j=(16, 112), k=(58, 64))  # 96 x 96 x 6 voxels
+CT_SUPPORT_SLICE = 3  # k index in the crop
+CT_EXTENT = (1, 4)  # slices 1, 2, 4 are segmented (3 is the support)
 CT_LIVER_LABEL = 1
 
 # MRI scenario: Colin27 crop around the left putamen and thalamus, reoriented so that the sagittal axis
 # is the volume's k axis (non-identity directions), with anisotropic spacing; support on a sagittal slice.
-MRI_BOX = dict(i=(28, 33), j=(28, 96), k=(30, 72))   # 5 sagittal slices
-MRI_SPACING = (0.8, 1.2, 2.0)                         # new i, j, k
-MRI_SUPPORT_SLICE = 2                                 # new k index
+MRI_BOX = dict(i=(28, 33), j=(28, 96), k=(30, 72))  # 5 sagittal slices
+MRI_SPACING = (0.8, 1.2, 2.0)  # new i, j, k
+MRI_SUPPORT_SLICE = 2  # new k index
 MRI_EXTENT = (1, 3)
 MRI_SEGMENTS = (("Putamen_L", 73), ("Thalamus_L", 77))
 
@@ -41,6 +41,7 @@ MRI_SEGMENTS = (("Putamen_L", 73), ("Thalamus_L", 77))
 # --------------------------------------------------------------------------------------------------
 # Locating things
 # --------------------------------------------------------------------------------------------------
+
 
 def repositoryRoot():
     root = os.environ.get("DSPNET_SOURCE_DIR")
@@ -66,6 +67,7 @@ def missingPrerequisites():
         missing.append(f"the dspnet tool ({cliPath()}; run cargo build --release or set DSPNET_CLI)")
     try:
         from . import binding
+
         binding.load_library()
     except ImportError as e:
         missing.append(str(e))
@@ -79,8 +81,9 @@ def syntheticWeights(workDir, depth=50):
         return given
     path = os.path.join(workDir, f"synthetic-resnet{depth}.safetensors")
     if not os.path.isfile(path):
-        subprocess.run([cliPath(), "synthetic-weights", "--depth", str(depth), "-o", path], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [cliPath(), "synthetic-weights", "--depth", str(depth), "-o", path], check=True, stdout=subprocess.DEVNULL
+        )
     return path
 
 
@@ -88,9 +91,11 @@ def syntheticWeights(workDir, depth=50):
 # MRML helpers that work in Slicer and in slicer-core (no slicer.mrmlScene, no slicer.modules)
 # --------------------------------------------------------------------------------------------------
 
+
 def newScene():
     """A fresh scene with the slice orientation presets (slicer-core does not add them)."""
     import slicer
+
     scene = slicer.vtkMRMLScene()
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
     fslogic.ensureSegmentationConverterRules()
@@ -98,8 +103,10 @@ def newScene():
 
 
 def loadVolume(scene, path, labelmap=False, name=None):
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
-                                   name or os.path.basename(path).split(".")[0])
+    node = scene.AddNewNodeByClass(
+        "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode",
+        name or os.path.basename(path).split(".")[0],
+    )
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(path)
     if not storage.ReadData(node):
@@ -139,6 +146,7 @@ def saveSegmentation(scene, node, path):
 
 def ijkToRAS(node):
     import vtk
+
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
@@ -148,6 +156,7 @@ def volumeFromArray(scene, arrayKJI, ijkToRASMatrix, name, labelmap=False):
     """A volume node holding a copy of ``arrayKJI`` with the given 4x4 IJK-to-RAS matrix."""
     import slicer
     import vtk
+
     node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(arrayKJI))
     m = vtk.vtkMatrix4x4()
@@ -163,7 +172,7 @@ def cropReorient(arrayKJI, matrix, box, permutation=(0, 1, 2), flips=(False, Fal
     ``permutation[a]`` (reversed where ``flips[a]``); optionally declare a new spacing (i, j, k).
     Returns (new array [k, j, i], new 4x4 IJK-to-RAS matrix)."""
     (i0, i1), (j0, j1), (k0, k1) = box["i"], box["j"], box["k"]
-    sub = arrayKJI[k0:k1, j0:j1, i0:i1].T            # [i, j, k]
+    sub = arrayKJI[k0:k1, j0:j1, i0:i1].T  # [i, j, k]
     sizes = sub.shape
     new = np.transpose(sub, permutation)
     for a, flip in enumerate(flips):
@@ -201,6 +210,7 @@ def paintSlice(segmentationNode, volumeNode, segmentId, maskKJI, sliceAxis, slic
     """Write ``maskKJI``'s voxels of one slice into a segment, on that slice's extent only."""
     import slicer
     import vtk
+
     geometry = fslogic.volumeGeometryInSegmentationFrame(volumeNode, segmentationNode)
     geometry.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     arr = fslogic._numpyFromImageData(geometry)
@@ -240,9 +250,26 @@ def sliceNode(scene, name, orientation):
 
 
 def runCli(image, support, output, weights, axis, extent, device="cpu", propagation="memory"):
-    cmd = [cliPath(), "segment", image, "--support", support, "-o", output, "--weights", weights,
-           "--axis", axis, "--extent", f"{extent[0]}:{extent[1]}", "--device", device,
-           "--propagation", propagation, "--quiet"]
+    cmd = [
+        cliPath(),
+        "segment",
+        image,
+        "--support",
+        support,
+        "-o",
+        output,
+        "--weights",
+        weights,
+        "--axis",
+        axis,
+        "--extent",
+        f"{extent[0]}:{extent[1]}",
+        "--device",
+        device,
+        "--propagation",
+        propagation,
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -256,8 +283,10 @@ def assertSameMask(actual, expected, what):
         raise AssertionError(f"{what}: shape {actual.shape} != {expected.shape}")
     diff = np.argwhere(actual != expected)
     if len(diff):
-        raise AssertionError(f"{what}: {len(diff)} voxels differ (of {actual.sum()} vs {expected.sum()} "
-                             f"labelled), first at [k, j, i] = {tuple(diff[0])}")
+        raise AssertionError(
+            f"{what}: {len(diff)} voxels differ (of {actual.sum()} vs {expected.sum()} "
+            f"labelled), first at [k, j, i] = {tuple(diff[0])}"
+        )
     if not expected.any():
         raise AssertionError(f"{what}: the expected mask is empty, nothing was compared")
 
@@ -266,12 +295,14 @@ def assertSameMask(actual, expected, what):
 # Scenarios
 # --------------------------------------------------------------------------------------------------
 
+
 def prepareCtFiles(scene, workDir):
     """Crop the CT demo volume, write it with Slicer's writer, paint the liver on one axial slice and save
     the support as a .seg.nrrd. Returns paths and the expected support mask."""
     ct = loadVolume(scene, os.path.join(dataDir(), "ct-liver", "image.nii.gz"), name="ct-full")
     gt = loadVolume(scene, os.path.join(dataDir(), "ct-liver", "labels.nii.gz"), labelmap=True, name="ct-gt")
     import slicer
+
     image, m = cropReorient(slicer.util.arrayFromVolume(ct), ijkToRAS(ct), CT_BOX)
     labels, _ = cropReorient(slicer.util.arrayFromVolume(gt), ijkToRAS(gt), CT_BOX)
     imagePath = saveVolume(scene, volumeFromArray(scene, image, m, "ct"), os.path.join(workDir, "ct.nrrd"))
@@ -301,13 +332,15 @@ def runCtAxialScenario(scene, workDir, weights, logic=None):
     # A segment the user did not ask to propagate, overlapping where the liver will grow.
     bystander = np.zeros(supportMask.shape, np.uint8)
     bystander[:, 30:60, 20:50] = 1
-    bystanderId = addPaintedSegment(seg, volume, "Bystander", bystander, sliceAxis=2, sliceIndex=2,
-                                    color=(0.2, 0.5, 0.9))
+    bystanderId = addPaintedSegment(
+        seg, volume, "Bystander", bystander, sliceAxis=2, sliceIndex=2, color=(0.2, 0.5, 0.9)
+    )
     bystanderBefore = segmentArray(seg, bystanderId, volume)
 
     red = sliceNode(scene, "Red", "Axial")
-    result = logic.segment(volume, seg, segmentIds=[liverId], sliceAxis=red, weights=weights, device="cpu",
-                           extent=CT_EXTENT)
+    result = logic.segment(
+        volume, seg, segmentIds=[liverId], sliceAxis=red, weights=weights, device="cpu", extent=CT_EXTENT
+    )
     if result.segmentIds != [liverId] or result.sliceAxis != 2:
         raise AssertionError(f"unexpected result {result}")
     expectedSlices = sum(1 for s in range(CT_EXTENT[0], CT_EXTENT[1] + 1) if s != CT_SUPPORT_SLICE)
@@ -323,13 +356,26 @@ def runCtAxialScenario(scene, workDir, weights, logic=None):
         raise AssertionError("the support slice was changed")
 
     resultPath = saveSegmentation(scene, seg, os.path.join(workDir, "ct-result.seg.nrrd"))
-    return dict(scene=scene, files=files, volume=volume, segmentation=seg, result=result, cliOutput=cliOut, cli=cli,
-                liverId=liverId, bystanderId=bystanderId, bystander=bystanderBefore, liver=liverResult,
-                resultPath=resultPath, logic=logic)
+    return dict(
+        scene=scene,
+        files=files,
+        volume=volume,
+        segmentation=seg,
+        result=result,
+        cliOutput=cliOut,
+        cli=cli,
+        liverId=liverId,
+        bystanderId=bystanderId,
+        bystander=bystanderBefore,
+        liver=liverResult,
+        resultPath=resultPath,
+        logic=logic,
+    )
 
 
 def prepareMriFiles(scene, workDir):
     import slicer
+
     mri = loadVolume(scene, os.path.join(dataDir(), "mri-brain-aal", "image.nii.gz"), name="mri-full")
     gt = loadVolume(scene, os.path.join(dataDir(), "mri-brain-aal", "labels.nii.gz"), labelmap=True, name="mri-gt")
     # new i = old j reversed (anterior -> posterior), new j = old k (superior), new k = old i reversed
@@ -383,12 +429,22 @@ def runMriSagittalScenario(scene, workDir, weights, logic=None):
         arrays[name] = segmentArray(seg, segmentId, volume)
         assertSameMask(arrays[name], cli == cliValues[name], f"MRI {name}: logic vs dspnet segment")
     resultPath = saveSegmentation(scene, seg, os.path.join(workDir, "mri-result.seg.nrrd"))
-    return dict(scene=scene, files=files, volume=volume, segmentation=seg, result=result, cli=cli, arrays=arrays,
-                resultPath=resultPath, cliOutput=cliOut)
+    return dict(
+        scene=scene,
+        files=files,
+        volume=volume,
+        segmentation=seg,
+        result=result,
+        cli=cli,
+        arrays=arrays,
+        resultPath=resultPath,
+        cliOutput=cliOut,
+    )
 
 
 def slicerArray(volumeNode):
     import slicer
+
     return np.array(slicer.util.arrayFromVolume(volumeNode))
 
 

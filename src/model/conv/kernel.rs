@@ -22,7 +22,16 @@ pub(crate) struct Epilogue<'a> {
 ///
 /// Safety: `a[i]` valid for `kc` reads for every `i`; `w` valid for `kc` rows; `c` valid for `rows` rows of
 /// `cols` values with row stride `ldc`; `rows <= MR`, `cols <= NR`.
-pub(crate) type KernelFn = unsafe fn(kc: usize, a: &[*const f32; MR], w: *const Row, c: *mut f32, ldc: usize, rows: usize, cols: usize, ep: Epilogue);
+pub(crate) type KernelFn = unsafe fn(
+    kc: usize,
+    a: &[*const f32; MR],
+    w: *const Row,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    ep: Epilogue,
+);
 
 /// The best kernel for this CPU.
 pub(crate) fn select() -> KernelFn {
@@ -66,7 +75,16 @@ unsafe fn store_row_scalar(acc: &[f32; NR], c: *mut f32, cols: usize, ep: Epilog
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn portable(kc: usize, a: &[*const f32; MR], w: *const Row, c: *mut f32, ldc: usize, rows: usize, cols: usize, ep: Epilogue) {
+pub(crate) unsafe fn portable(
+    kc: usize,
+    a: &[*const f32; MR],
+    w: *const Row,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    ep: Epilogue,
+) {
     let mut acc = [[0f32; NR]; MR];
     for k in 0..kc {
         let wr = &(*w.add(k)).0;
@@ -119,7 +137,16 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn kernel(kc: usize, a: &[*const f32; MR], w: *const Row, c: *mut f32, ldc: usize, rows: usize, cols: usize, ep: Epilogue) {
+    pub(crate) unsafe fn kernel(
+        kc: usize,
+        a: &[*const f32; MR],
+        w: *const Row,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        ep: Epilogue,
+    ) {
         // The destination rows are far apart (one pixel's channels each) and usually cold: start fetching
         // them now, they are needed after the k loop.
         for i in 0..rows {

@@ -173,15 +173,45 @@ fn winograd_m() -> usize {
 impl PackedConv {
     /// Pack `weight` `[cout][cin][kh][kw]` (and `bias` `[cout]`, zero if absent).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize, kh: usize, kw: usize, stride: usize, pad: usize, dil: usize) -> Result<Self> {
+    pub fn new(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+    ) -> Result<Self> {
         Self::with_winograd(weight, bias, cout, cin, kh, kw, stride, pad, dil, winograd_m())
     }
 
     /// As [`new`](Self::new) with Winograd F(`m`, 3) for stride-1 3×3 convolutions (`m` = 0: direct).
     #[allow(clippy::too_many_arguments)]
-    pub fn with_winograd(weight: &[f32], bias: Option<&[f32]>, cout: usize, cin: usize, kh: usize, kw: usize, stride: usize, pad: usize, dil: usize, m: usize) -> Result<Self> {
-        if weight.len() != cout * cin * kh * kw || bias.is_some_and(|b| b.len() != cout) || stride == 0 || dil == 0 || cout == 0 || cin == 0 {
-            return Err(DspnetError::Shape(format!("cannot pack a {cout}x{cin}x{kh}x{kw} convolution from {} weights", weight.len())));
+    pub fn with_winograd(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cout: usize,
+        cin: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        m: usize,
+    ) -> Result<Self> {
+        if weight.len() != cout * cin * kh * kw
+            || bias.is_some_and(|b| b.len() != cout)
+            || stride == 0
+            || dil == 0
+            || cout == 0
+            || cin == 0
+        {
+            return Err(DspnetError::Shape(format!(
+                "cannot pack a {cout}x{cin}x{kh}x{kw} convolution from {} weights",
+                weight.len()
+            )));
         }
         let (cy, cx) = (kh / 2, kw / 2);
         let mut taps = vec![(cy, cx)];
@@ -202,7 +232,8 @@ impl PackedConv {
                 b[co / NR].0[co % NR] = *v;
             }
         }
-        let winograd = (m > 0 && winograd::Winograd::applies(cout, cin, kh, kw, stride, pad, dil)).then(|| winograd::Winograd::new(m, weight, &b, cout, cin, dil));
+        let winograd = (m > 0 && winograd::Winograd::applies(cout, cin, kh, kw, stride, pad, dil))
+            .then(|| winograd::Winograd::new(m, weight, &b, cout, cin, dil));
         // Winograd convolutions keep only their transformed weights.
         let mut w = vec![Row([0.0; NR]); if winograd.is_some() { 0 } else { panels * kdim }];
         for p in 0..if winograd.is_some() { 0 } else { panels } {
@@ -238,7 +269,8 @@ impl PackedConv {
             for (t, &(ky, kx)) in self.taps.iter().enumerate() {
                 for ci in 0..cin {
                     let seg = if self.im2col { self.kdim } else { cin };
-                    out[((co * cin + ci) * kh + ky) * kw + kx] = self.w[row_index(t * cin + ci, co / NR, seg, cout.div_ceil(NR))].0[co % NR];
+                    out[((co * cin + ci) * kh + ky) * kw + kx] =
+                        self.w[row_index(t * cin + ci, co / NR, seg, cout.div_ceil(NR))].0[co % NR];
                 }
             }
         }
@@ -253,7 +285,10 @@ impl PackedConv {
         let span_h = self.dil * (self.kh - 1) + 1;
         let span_w = self.dil * (self.kw - 1) + 1;
         if h + 2 * self.pad < span_h || w + 2 * self.pad < span_w {
-            return Err(DspnetError::Shape(format!("{h}x{w} input is smaller than the {}x{} kernel", self.kh, self.kw)));
+            return Err(DspnetError::Shape(format!(
+                "{h}x{w} input is smaller than the {}x{} kernel",
+                self.kh, self.kw
+            )));
         }
         Ok(((h + 2 * self.pad - span_h) / self.stride + 1, (w + 2 * self.pad - span_w) / self.stride + 1))
     }
@@ -346,7 +381,8 @@ impl PackedConv {
                     }
                 }
             }
-            let kblocks: Vec<(usize, usize, usize)> = (0..ntaps).flat_map(|t| (0..cin).step_by(KC).map(move |c0| (t, c0, KC.min(cin - c0)))).collect();
+            let kblocks: Vec<(usize, usize, usize)> =
+                (0..ntaps).flat_map(|t| (0..cin).step_by(KC).map(move |c0| (t, c0, KC.min(cin - c0)))).collect();
             let nk = kblocks.len();
             // Panel groups keep the chunk's destination block (len × MC_PANELS·NR) in L2 across k-blocks.
             for pg in (0..npanels).step_by(MC_PANELS) {
@@ -355,7 +391,11 @@ impl PackedConv {
                     let toffs = &offs[t * len..][..len];
                     for p in pg..npanels.min(pg + MC_PANELS) {
                         let wp = unsafe { self.w.as_ptr().add(row_index(t * cin + c0, p, cin, npanels)) };
-                        let ep = Epilogue { load_c: !first || has_residual, bias: last.then(|| &self.bias[p]), relu: last && relu };
+                        let ep = Epilogue {
+                            load_c: !first || has_residual,
+                            bias: last.then(|| &self.bias[p]),
+                            relu: last && relu,
+                        };
                         let cols = NR.min(cout - p * NR);
                         for i0 in (0..len).step_by(MR) {
                             let rows = MR.min(len - i0);
@@ -424,7 +464,20 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check(n: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize, dil: usize, residual: bool, relu: bool, kern: KernelFn) {
+    fn check(
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        residual: bool,
+        relu: bool,
+        kern: KernelFn,
+    ) {
         let x = rand(n * cin * h * w, 1);
         let wt = rand(cout * cin * k * k, 2);
         let b = rand(cout, 3);
@@ -435,7 +488,11 @@ mod tests {
         }
         let xt = Tensor::from_slice(&x, (n, cin, h, w), &Device::Cpu).unwrap();
         let wtt = Tensor::from_slice(&wt, (cout, cin, k, k), &Device::Cpu).unwrap();
-        let mut want = xt.conv2d(&wtt, pad, stride, dil, 1).unwrap().broadcast_add(&Tensor::from_slice(&b, (1, cout, 1, 1), &Device::Cpu).unwrap()).unwrap();
+        let mut want = xt
+            .conv2d(&wtt, pad, stride, dil, 1)
+            .unwrap()
+            .broadcast_add(&Tensor::from_slice(&b, (1, cout, 1, 1), &Device::Cpu).unwrap())
+            .unwrap();
         let (_, _, ho, wo) = want.dims4().unwrap();
         let res = rand(n * cout * ho * wo, 4);
         if residual {
@@ -455,8 +512,14 @@ mod tests {
             den += (*w as f64).powi(2);
         }
         let rel = (num / den).sqrt();
-        println!("wg{} n{n} cin{cin} {h}x{w} cout{cout} k{k} s{stride} p{pad} d{dil}: rel {rel:.2e}", WG.with(|c| c.get()));
-        assert!(rel < if WG.with(|c| c.get()) == 4 { 1e-5 } else { 1e-6 }, "n{n} cin{cin} {h}x{w} cout{cout} k{k} s{stride} p{pad} d{dil}: rel {rel}");
+        println!(
+            "wg{} n{n} cin{cin} {h}x{w} cout{cout} k{k} s{stride} p{pad} d{dil}: rel {rel:.2e}",
+            WG.with(|c| c.get())
+        );
+        assert!(
+            rel < if WG.with(|c| c.get()) == 4 { 1e-5 } else { 1e-6 },
+            "n{n} cin{cin} {h}x{w} cout{cout} k{k} s{stride} p{pad} d{dil}: rel {rel}"
+        );
         let back = conv.unpacked_weight();
         if conv.winograd.is_none() {
             assert_eq!(back, wt);
@@ -470,7 +533,9 @@ mod tests {
 
     #[test]
     fn matches_candle_conv2d() {
-        for (kern, wg) in [(kernel::select(), 0), (kernel::portable as KernelFn, 0), (kernel::select(), 2), (kernel::select(), 4)] {
+        for (kern, wg) in
+            [(kernel::select(), 0), (kernel::portable as KernelFn, 0), (kernel::select(), 2), (kernel::select(), 4)]
+        {
             WG.with(|c| c.set(wg));
             check(1, 32, 9, 11, 48, 1, 1, 0, 1, false, true, kern);
             check(2, 300, 7, 5, 40, 1, 1, 0, 1, true, true, kern);
@@ -496,7 +561,8 @@ mod tests {
         let (n, c, h, w) = (2, 5, 9, 12);
         let x: Vec<f32> = rand(n * c * h * w, 7).iter().map(|v| v.max(0.0)).collect();
         let t = Tensor::from_slice(&x, (n, c, h, w), &Device::Cpu).unwrap();
-        let want = t.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap().max_pool2d_with_stride(3, 2).unwrap();
+        let want =
+            t.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap().max_pool2d_with_stride(3, 2).unwrap();
         let got = max_pool_3x3s2(&Nhwc::from_nchw(&x, n, c, h, w));
         assert_eq!(got.to_nchw(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
@@ -530,7 +596,8 @@ mod throughput {
             let x = Nhwc { data: (0..h * h * cin).map(|i| (i % 13) as f32 * 0.01).collect(), n: 1, h, w: h, c: cin };
             let w: Vec<f32> = (0..cout * cin * k * k).map(|i| (i % 7) as f32 * 0.01).collect();
             // Several copies of the weights, cycled, so that they come from memory as in the network.
-            let convs: Vec<PackedConv> = (0..4).map(|_| PackedConv::new(&w, None, cout, cin, k, k, 1, dil * (k / 2), dil).unwrap()).collect();
+            let convs: Vec<PackedConv> =
+                (0..4).map(|_| PackedConv::new(&w, None, cout, cin, k, k, 1, dil * (k / 2), dil).unwrap()).collect();
             let mut best = f64::MAX;
             pool.install(|| {
                 for r in 0..reps {

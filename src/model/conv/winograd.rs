@@ -38,7 +38,12 @@ const F4: Matrices<6, 4> = Matrices {
         [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
         [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
     ],
-    at: [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 2.0, -2.0, 0.0], [0.0, 1.0, 1.0, 4.0, 4.0, 0.0], [0.0, 1.0, -1.0, 8.0, -8.0, 1.0]],
+    at: [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
     g: [
         [1.0 / 4.0, 0.0, 0.0],
         [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -69,7 +74,12 @@ pub(crate) struct Winograd {
 }
 
 #[allow(clippy::needless_range_loop)]
-fn weight_transform<const A: usize, const M: usize>(mt: &Matrices<A, M>, g: &[f32], cout: usize, cin: usize) -> Vec<Row> {
+fn weight_transform<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    g: &[f32],
+    cout: usize,
+    cin: usize,
+) -> Vec<Row> {
     let panels = cout / NR;
     let mut u: Vec<Row> = vec![Row([0.0; NR]); A * A * panels * cin];
     let up = SendPtr(u.as_mut_ptr() as *mut f32);
@@ -100,7 +110,12 @@ fn weight_transform<const A: usize, const M: usize>(mt: &Matrices<A, M>, g: &[f3
 
 /// The 3×3 kernels back from U (least squares in f64: g = P U Pᵀ with P = (GᵀG)⁻¹Gᵀ), `[cout][cin][3][3]`:
 /// the original f32 weights up to the rounding of U (relative error ~1e-7).
-fn weight_untransform<const A: usize, const M: usize>(mt: &Matrices<A, M>, u: &[Row], cout: usize, cin: usize) -> Vec<f32> {
+fn weight_untransform<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    u: &[Row],
+    cout: usize,
+    cin: usize,
+) -> Vec<f32> {
     // GᵀG (3×3), its inverse by cofactors, then P = (GᵀG)⁻¹Gᵀ (3×A).
     let mut gtg = [[0f64; 3]; 3];
     for (r, row) in gtg.iter_mut().enumerate() {
@@ -109,7 +124,8 @@ fn weight_untransform<const A: usize, const M: usize>(mt: &Matrices<A, M>, u: &[
         }
     }
     let m = gtg;
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
     let mut inv = [[0f64; 3]; 3];
     for (r, row) in inv.iter_mut().enumerate() {
         for (c, v) in row.iter_mut().enumerate() {
@@ -189,7 +205,14 @@ impl Winograd {
         }
     }
 
-    fn run<const A: usize, const M: usize>(&self, mt: &Matrices<A, M>, x: &Nhwc, residual: Option<Nhwc>, relu: bool, kern: KernelFn) -> Result<Nhwc> {
+    fn run<const A: usize, const M: usize>(
+        &self,
+        mt: &Matrices<A, M>,
+        x: &Nhwc,
+        residual: Option<Nhwc>,
+        relu: bool,
+        kern: KernelFn,
+    ) -> Result<Nhwc> {
         let (n, h, w, d) = (x.n, x.h, x.w, self.dil);
         let (cin, cout) = (self.cin, self.cout);
         // Tiles: per image and residue class (ry, rx) of the d×d sub-grids, m×m blocks of that sub-grid.
@@ -252,7 +275,9 @@ impl Winograd {
                         for (r, ar) in a.iter_mut().enumerate().take(rows) {
                             *ar = unsafe { vx.as_ptr().add((r0 + i0 + r) * cin + c0) };
                         }
-                        unsafe { kern(kc, &a, wp, mp.get().add((e * nt + r0 + i0) * cout + p * NR), cout, rows, NR, ep) };
+                        unsafe {
+                            kern(kc, &a, wp, mp.get().add((e * nt + r0 + i0) * cout + p * NR), cout, rows, NR, ep)
+                        };
                     }
                 }
             }
@@ -274,13 +299,40 @@ impl Winograd {
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
                         if A == 6 {
-                            f4_avx2::output_tile(src.as_ptr(), nt * cout, *tile, d, &self.bias, has_residual, relu, op.get(), h, w, cout)
+                            f4_avx2::output_tile(
+                                src.as_ptr(),
+                                nt * cout,
+                                *tile,
+                                d,
+                                &self.bias,
+                                has_residual,
+                                relu,
+                                op.get(),
+                                h,
+                                w,
+                                cout,
+                            )
                         } else {
-                            output_tile_avx2(mt, src, nt * cout, *tile, d, &self.bias, has_residual, relu, op.get(), h, w, cout)
+                            output_tile_avx2(
+                                mt,
+                                src,
+                                nt * cout,
+                                *tile,
+                                d,
+                                &self.bias,
+                                has_residual,
+                                relu,
+                                op.get(),
+                                h,
+                                w,
+                                cout,
+                            )
                         }
                     };
                 } else {
-                    unsafe { output_tile(mt, src, nt * cout, *tile, d, &self.bias, has_residual, relu, op.get(), h, w, cout) };
+                    unsafe {
+                        output_tile(mt, src, nt * cout, *tile, d, &self.bias, has_residual, relu, op.get(), h, w, cout)
+                    };
                 }
             }
         });
@@ -291,7 +343,14 @@ impl Winograd {
 
 /// Transform one tile's inputs (all channels) into `dst + ξ·stride + channel`.
 #[inline(always)]
-unsafe fn input_tile<const A: usize, const M: usize>(mt: &Matrices<A, M>, x: &Nhwc, tile: Tile, d: usize, dst: *mut f32, stride: usize) {
+unsafe fn input_tile<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    x: &Nhwc,
+    tile: Tile,
+    d: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
     let (h, w, cin) = (x.h, x.w, x.c);
     // Row offsets of the α×α inputs, None outside the image.
     let mut src = [[None::<usize>; A]; A];
@@ -322,7 +381,14 @@ unsafe fn input_tile<const A: usize, const M: usize>(mt: &Matrices<A, M>, x: &Nh
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_tile_avx2<const A: usize, const M: usize>(mt: &Matrices<A, M>, x: &Nhwc, tile: Tile, d: usize, dst: *mut f32, stride: usize) {
+unsafe fn input_tile_avx2<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    x: &Nhwc,
+    tile: Tile,
+    d: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
     input_tile(mt, x, tile, d, dst, stride)
 }
 
@@ -330,7 +396,20 @@ unsafe fn input_tile_avx2<const A: usize, const M: usize>(mt: &Matrices<A, M>, x
 /// and store the outputs inside the image.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_tile<const A: usize, const M: usize>(mt: &Matrices<A, M>, src: &[f32], stride: usize, tile: Tile, d: usize, bias: &[Row], residual: bool, relu: bool, out: *mut f32, h: usize, w: usize, cout: usize) {
+unsafe fn output_tile<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    src: &[f32],
+    stride: usize,
+    tile: Tile,
+    d: usize,
+    bias: &[Row],
+    residual: bool,
+    relu: bool,
+    out: *mut f32,
+    h: usize,
+    w: usize,
+    cout: usize,
+) {
     for (p, b) in bias.iter().enumerate().take(cout / NR) {
         let mut mtile = [[[0f32; L]; A]; A];
         for (e, val) in mtile.iter_mut().flatten().enumerate() {
@@ -363,7 +442,20 @@ unsafe fn output_tile<const A: usize, const M: usize>(mt: &Matrices<A, M>, src: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn output_tile_avx2<const A: usize, const M: usize>(mt: &Matrices<A, M>, src: &[f32], stride: usize, tile: Tile, d: usize, bias: &[Row], residual: bool, relu: bool, out: *mut f32, h: usize, w: usize, cout: usize) {
+unsafe fn output_tile_avx2<const A: usize, const M: usize>(
+    mt: &Matrices<A, M>,
+    src: &[f32],
+    stride: usize,
+    tile: Tile,
+    d: usize,
+    bias: &[Row],
+    residual: bool,
+    relu: bool,
+    out: *mut f32,
+    h: usize,
+    w: usize,
+    cout: usize,
+) {
     output_tile(mt, src, stride, tile, d, bias, residual, relu, out, h, w, cout)
 }
 
@@ -518,7 +610,19 @@ mod f4_avx2 {
     /// residual and ReLU; stores the outputs inside the image.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-    pub(super) unsafe fn output_tile(src: *const f32, stride: usize, tile: Tile, d: usize, bias: &[Row], residual: bool, relu: bool, out: *mut f32, h: usize, w: usize, cout: usize) {
+    pub(super) unsafe fn output_tile(
+        src: *const f32,
+        stride: usize,
+        tile: Tile,
+        d: usize,
+        bias: &[Row],
+        residual: bool,
+        relu: bool,
+        out: *mut f32,
+        h: usize,
+        w: usize,
+        cout: usize,
+    ) {
         let zero = _mm256_setzero_ps();
         // Destination pointers (channel 0) of the 4×4 outputs, null outside the image.
         let mut dst = [[std::ptr::null_mut::<f32>(); 4]; 4];

@@ -1,8 +1,8 @@
 //! BCMA: channel-neighbourhood mixing of the 2×2-pooled local prototypes (spec §1.7), as inlined in
 //! the reference's `gridconv` / `gridconv+` branches. No learned parameters besides the fixed `cal`.
 
-use candle_core::{Device, Tensor};
 use super::softmax_last_dim;
+use candle_core::{Device, Tensor};
 
 use crate::error::{DspnetError, Result};
 
@@ -31,12 +31,7 @@ pub struct BcmaMatrices {
 }
 
 impl BcmaMatrices {
-    pub fn new(
-        c: usize,
-        weights: [f32; 3],
-        calibration: Option<&[f32]>,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(c: usize, weights: [f32; 3], calibration: Option<&[f32]>, device: &Device) -> Result<Self> {
         let t = Tensor::from_vec(tridiagonal(c, 1.0, 1.0, 1.0), (c, c), device)?;
         let cal = match calibration {
             None => tridiagonal(c, weights[0], weights[1], weights[2]),

@@ -48,14 +48,10 @@ pub fn sp_center_iter(
     let n = support.len() / c;
     let h = n / w;
     if let Some(s) = seeds.iter().find(|s| s.0 >= h || s.1 >= w) {
-        return Err(DspnetError::InvalidArgument(format!(
-            "seed {s:?} outside the {h}x{w} grid"
-        )));
+        return Err(DspnetError::InvalidArgument(format!("seed {s:?} outside the {h}x{w} grid")));
     }
     if let Some(r) = roi.iter().find(|&&r| r >= n) {
-        return Err(DspnetError::InvalidArgument(format!(
-            "ROI cell {r} outside the {h}x{w} grid"
-        )));
+        return Err(DspnetError::InvalidArgument(format!("ROI cell {r} outside the {h}x{w} grid")));
     }
     // Extended feature of cell i: channel values then (row, col).
     let feature = |cell: usize, d: usize| -> f64 {
@@ -77,17 +73,12 @@ pub fn sp_center_iter(
     }
 
     // ROI features, cell-major for cache-friendly distance loops.
-    let roi_feat: Vec<f64> = roi
-        .iter()
-        .flat_map(|&cell| (0..dims).map(move |d| (cell, d)))
-        .map(|(cell, d)| feature(cell, d))
-        .collect();
+    let roi_feat: Vec<f64> =
+        roi.iter().flat_map(|&cell| (0..dims).map(move |d| (cell, d))).map(|(cell, d)| feature(cell, d)).collect();
 
     // Centres, centre-major [K][C+2]; iteration 0 starts from the initial centres.
-    let mut centres: Vec<f64> = (0..k)
-        .flat_map(|j| (0..dims).map(move |d| (j, d)))
-        .map(|(j, d)| init[d * k + j] as f64)
-        .collect();
+    let mut centres: Vec<f64> =
+        (0..k).flat_map(|j| (0..dims).map(move |d| (j, d))).map(|(j, d)| init[d * k + j] as f64).collect();
     if iterations == 0 || roi.is_empty() {
         // The reference starts from `sp_center = zeros_like(...)`: with no iteration, or an empty ROI
         // (sums over an empty set), the returned centres are exactly 0.
@@ -137,9 +128,5 @@ pub fn sp_center_iter(
             out[d * k + j] = centres[j * dims + d] as f32;
         }
     }
-    Ok(Clusters {
-        init,
-        centres: out,
-        k,
-    })
+    Ok(Clusters { init, centres: out, k })
 }

@@ -1,8 +1,8 @@
 //! FSPA: the global foreground prototype p_g (spec §1.9 step 3; same code in modes `gridconv+` and
 //! `mask`).
 
-use candle_core::Tensor;
 use super::softmax_last_dim;
+use candle_core::Tensor;
 
 use crate::error::Result;
 

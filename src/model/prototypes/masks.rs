@@ -48,40 +48,20 @@ impl FeatureMasks {
         let m_b: Vec<f32> = m_f.iter().map(|&v| 1.0 - v).collect();
         let pool_f = avg_pool(&m_f, h, w, pool);
         let pool_b = avg_pool(&m_b, h, w, pool);
-        let max_pool4_f = avg_pool(&m_f, h, w, 4)
-            .into_iter()
-            .fold(f32::NEG_INFINITY, f32::max);
+        let max_pool4_f = avg_pool(&m_f, h, w, 4).into_iter().fold(f32::NEG_INFINITY, f32::max);
         let sum_f = m_f.iter().sum();
-        FeatureMasks {
-            h,
-            w,
-            m_f,
-            m_b,
-            pool_f,
-            pool_b,
-            max_pool4_f,
-            sum_f,
-        }
+        FeatureMasks { h, w, m_f, m_b, pool_f, pool_b, max_pool4_f, sum_f }
     }
 
     /// Prototype indices p whose pooled value is strictly greater than `thresh`
     /// (`n_sup_x[sup_y_g > thresh, :]`), in ascending order.
     pub fn select(pool: &[f32], thresh: f32) -> Vec<u32> {
-        pool.iter()
-            .enumerate()
-            .filter(|(_, &v)| v > thresh)
-            .map(|(i, _)| i as u32)
-            .collect()
+        pool.iter().enumerate().filter(|(_, &v)| v > thresh).map(|(i, _)| i as u32).collect()
     }
 
     /// Clustering ROI: the cells with m_f == 1 exactly (`supp_mask == 1`), row-major.
     pub fn roi(&self) -> Vec<usize> {
-        self.m_f
-            .iter()
-            .enumerate()
-            .filter(|(_, &v)| v == 1.0)
-            .map(|(i, _)| i)
-            .collect()
+        self.m_f.iter().enumerate().filter(|(_, &v)| v == 1.0).map(|(i, _)| i).collect()
     }
 }
 

@@ -34,7 +34,6 @@ pub use seeds::{place_seeds, seed_placement, SeedPlacement};
 /// Output stride of the backbone: the support mask is `FEATURE_STRIDE·h × FEATURE_STRIDE·w`.
 pub const FEATURE_STRIDE: usize = 8;
 
-
 /// Which foreground branch the support mask selects (spec §1.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForegroundMode {
@@ -148,21 +147,20 @@ impl SupportEpisode {
         // The model binarises with `s_y == 1`; the API treats any non-zero value as foreground.
         let fg: Vec<u8> = mask.iter().map(|&v| u8::from(v != 0)).collect();
         if !fg.contains(&1) {
-            return Err(DspnetError::empty_support(None, None, format!("all {mask_height}x{mask_width} mask values are 0")));
+            return Err(DspnetError::empty_support(
+                None,
+                None,
+                format!("all {mask_height}x{mask_width} mask values are 0"),
+            ));
         }
 
         let device = features.device().clone();
         let n = h * w;
         let support = features.reshape((c, n))?.contiguous()?;
         // The clustering needs Fs on the CPU anyway; check finiteness on that copy.
-        let support_cpu = support
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let support_cpu = support.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         if support_cpu.iter().any(|v| !v.is_finite()) {
-            return Err(DspnetError::NonFinite(
-                "support features contain NaN or infinity".into(),
-            ));
+            return Err(DspnetError::NonFinite("support features contain NaN or infinity".into()));
         }
 
         // Masks at feature resolution, fg mode.
@@ -171,49 +169,30 @@ impl SupportEpisode {
             return Err(DspnetError::Shape(format!("{h}x{w} features cannot be pooled in {pool}x{pool} windows")));
         }
         let masks = FeatureMasks::new(&fg, h, w, FEATURE_STRIDE, pool);
-        let fg_mode = if masks.max_pool4_f >= opts.fg_threshold {
-            ForegroundMode::GridConvPlus
-        } else {
-            ForegroundMode::Mask
-        };
+        let fg_mode =
+            if masks.max_pool4_f >= opts.fg_threshold { ForegroundMode::GridConvPlus } else { ForegroundMode::Mask };
         let m_f = Tensor::from_slice(&masks.m_f, (1, n), &device)?;
         // `sup_y.sum() + 1e-5` in float32 (Σ m_f is exact: multiples of 1/4).
         let mf_denom = Tensor::from_slice(&[masks.sum_f + 1e-5f32], 1, &device)?;
 
         // Seeds from the full-resolution mask; the model uses the first num_sp of them.
-        let placement = seeds::seed_placement(
-            &fg,
-            mask_height,
-            mask_width,
-            FEATURE_STRIDE,
-            opts.max_seeds,
-            opts.area_per_seed,
-        )?;
+        let placement =
+            seeds::seed_placement(&fg, mask_height, mask_width, FEATURE_STRIDE, opts.max_seeds, opts.area_per_seed)?;
         let used_seeds = placement.used_seeds().to_vec();
 
         // BCMA on the pooled raw support features, from all P prototypes before selection.
-        let pooled = support
-            .reshape((1, c, h, w))?
-            .avg_pool2d(pool)?
-            .reshape((c, (h / pool) * (w / pool)))?
-            .contiguous()?;
-        let mats =
-            bcma::BcmaMatrices::new(c, opts.mixing_weights, opts.calibration.as_deref(), &device)?;
+        let pooled =
+            support.reshape((1, c, h, w))?.avg_pool2d(pool)?.reshape((c, (h / pool) * (w / pool)))?.contiguous()?;
+        let mats = bcma::BcmaMatrices::new(c, opts.mixing_weights, opts.calibration.as_deref(), &device)?;
         // The bg path uses alpha_bg, the fg-local path alpha_fg (one matrix serves both when equal).
         let bcma_bg = bcma::bcma(&pooled, opts.alpha_bg, &mats)?;
-        let bcma_fg = if opts.alpha_fg == opts.alpha_bg {
-            bcma_bg.clone()
-        } else {
-            bcma::bcma(&pooled, opts.alpha_fg, &mats)?
-        };
+        let bcma_fg =
+            if opts.alpha_fg == opts.alpha_bg { bcma_bg.clone() } else { bcma::bcma(&pooled, opts.alpha_fg, &mats)? };
 
         // Prototype selection: pooled value strictly greater than the threshold.
         let bg_idx = FeatureMasks::select(&masks.pool_b, opts.bg_threshold);
         let bg_protos = select_columns(&bcma_bg, &bg_idx)?;
-        let bg_protos_n = bg_protos
-            .as_ref()
-            .map(|p| scoring::safe_norm(p, 1))
-            .transpose()?;
+        let bg_protos_n = bg_protos.as_ref().map(|p| scoring::safe_norm(p, 1)).transpose()?;
         let (fg_local, n_fg_local) = match fg_mode {
             ForegroundMode::GridConvPlus => {
                 let idx = FeatureMasks::select(&masks.pool_f, opts.fg_threshold);
@@ -226,14 +205,8 @@ impl SupportEpisode {
         let (pc_init, pc) = if used_seeds.is_empty() {
             (None, None)
         } else {
-            let clusters = cluster::sp_center_iter(
-                &support_cpu,
-                c,
-                w,
-                &masks.roi(),
-                &used_seeds,
-                opts.cluster_iterations,
-            )?;
+            let clusters =
+                cluster::sp_center_iter(&support_cpu, c, w, &masks.roi(), &used_seeds, opts.cluster_iterations)?;
             let k = clusters.k;
             (
                 Some(Tensor::from_vec(clusters.init, (c + 2, k), &device)?),
@@ -311,27 +284,16 @@ impl SupportEpisode {
             )));
         }
         let n = self.h * self.w;
-        let query = query
-            .to_device(self.support.device())?
-            .reshape((self.c, n))?
-            .contiguous()?;
+        let query = query.to_device(self.support.device())?.reshape((self.c, n))?.contiguous()?;
         // x·0 is 0 for finite x and NaN otherwise: one scalar leaves the device.
         let probe = (&query * 0.0)?.sum_all()?.to_scalar::<f32>()?;
         if !probe.is_finite() {
-            return Err(DspnetError::NonFinite(
-                "query features contain NaN or infinity".into(),
-            ));
+            return Err(DspnetError::NonFinite("query features contain NaN or infinity".into()));
         }
 
         // RAN (needed by FSPA in both fg modes; unused by the bg branch).
         let ran = ran::ran(&self.support, &query)?;
-        let p_g = fspa::global_prototype(
-            &self.support,
-            &ran,
-            &self.m_f,
-            &self.mf_denom,
-            self.pc.as_ref(),
-        )?;
+        let p_g = fspa::global_prototype(&self.support, &ran, &self.m_f, &self.mf_denom, self.pc.as_ref())?;
 
         let query_n = scoring::safe_norm(&query, 0)?; // [C, N]
         let s_bg = scoring::prototype_score(&query_n, self.bg_protos_n.as_ref())?;
@@ -345,9 +307,7 @@ impl SupportEpisode {
                 };
                 scoring::prototype_score(&query_n, Some(&scoring::safe_norm(&protos, 1)?))?
             }
-            ForegroundMode::Mask => {
-                scoring::cosine_score(&query_n, &scoring::safe_norm(&p_g_row, 1)?)?
-            }
+            ForegroundMode::Mask => scoring::cosine_score(&query_n, &scoring::safe_norm(&p_g_row, 1)?)?,
         };
         let s_bg = s_bg.reshape((self.h, self.w))?;
         let s_fg = s_fg.reshape((self.h, self.w))?;
@@ -390,18 +350,9 @@ fn as_chw(t: &Tensor, what: &str) -> Result<Tensor> {
     let t = match t.rank() {
         3 => t.clone(),
         4 if t.dim(0)? == 1 => t.squeeze(0)?,
-        _ => {
-            return Err(DspnetError::Shape(format!(
-                "{what} must be [C, h, w], got {:?}",
-                t.dims()
-            )))
-        }
+        _ => return Err(DspnetError::Shape(format!("{what} must be [C, h, w], got {:?}", t.dims()))),
     };
-    Ok(if t.dtype() == DType::F32 {
-        t
-    } else {
-        t.to_dtype(DType::F32)?
-    })
+    Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
 }
 
 /// Columns `idx` of x [C, P], transposed to [len, C]; None when `idx` is empty.
@@ -412,4 +363,3 @@ fn select_columns(x: &Tensor, idx: &[u32]) -> Result<Option<Tensor>> {
     let ids = Tensor::from_slice(idx, idx.len(), x.device())?;
     Ok(Some(x.index_select(&ids, 1)?.t()?.contiguous()?))
 }
-

@@ -85,7 +85,10 @@ impl HeadOptions {
         self.try_set(key, value).map_err(|why| match why {
             SetError::UnknownKey => {
                 let known: Vec<&str> = HEAD_KEYS.iter().map(|(k, _)| *k).collect();
-                DspnetError::InvalidArgument(format!("unknown head option '{key}'; expected one of {}", known.join(", ")))
+                DspnetError::InvalidArgument(format!(
+                    "unknown head option '{key}'; expected one of {}",
+                    known.join(", ")
+                ))
             }
             SetError::Value(why) => DspnetError::InvalidArgument(format!("head option {key}={value}: {why}")),
         })
@@ -194,7 +197,9 @@ impl HeadOptions {
             return Err(DspnetError::InvalidArgument("area_per_seed (avg_sp_area) must be >= 1".into()));
         }
         if self.cluster_iterations > MAX_ITERATIONS {
-            return Err(DspnetError::InvalidArgument(format!("cluster_iterations (n_iter) must be at most {MAX_ITERATIONS}")));
+            return Err(DspnetError::InvalidArgument(format!(
+                "cluster_iterations (n_iter) must be at most {MAX_ITERATIONS}"
+            )));
         }
         Ok(())
     }
@@ -215,10 +220,30 @@ mod tests {
             assert_eq!(o, d, "{key}={v} must give back the default");
         }
         let mut o = HeadOptions::default();
-        o.set_all(["max_num_sp=8", "avg_sp_area=25", "fg_thresh=0.8", "bg_thresh=0.9", "val_wsize=4", "alpha=0.3", "alpha_bg=0", "w1_w2_w3=0.2,0.8,0.2", "n_iter=3"])
-            .unwrap();
+        o.set_all([
+            "max_num_sp=8",
+            "avg_sp_area=25",
+            "fg_thresh=0.8",
+            "bg_thresh=0.9",
+            "val_wsize=4",
+            "alpha=0.3",
+            "alpha_bg=0",
+            "w1_w2_w3=0.2,0.8,0.2",
+            "n_iter=3",
+        ])
+        .unwrap();
         assert_eq!(
-            (o.max_seeds, o.area_per_seed, o.fg_threshold, o.bg_threshold, o.local_pool, o.alpha_fg, o.alpha_bg, o.mixing_weights, o.cluster_iterations),
+            (
+                o.max_seeds,
+                o.area_per_seed,
+                o.fg_threshold,
+                o.bg_threshold,
+                o.local_pool,
+                o.alpha_fg,
+                o.alpha_bg,
+                o.mixing_weights,
+                o.cluster_iterations
+            ),
             (8, 25, 0.8, 0.9, 4, 0.3, 0.0, [0.2, 0.8, 0.2], 3)
         );
         assert_eq!(o.changed().len(), HEAD_KEYS.len());
@@ -227,7 +252,19 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_key_named() {
-        for item in ["max_num_sp=65", "max_num_sp=-1", "avg_sp_area=0", "fg_thresh=1.5", "bg_thresh=NaN", "val_wsize=3", "val_wsize=0", "alpha=inf", "w1_w2_w3=0.3:0.8", "n_iter=5000", "n_iter=x"] {
+        for item in [
+            "max_num_sp=65",
+            "max_num_sp=-1",
+            "avg_sp_area=0",
+            "fg_thresh=1.5",
+            "bg_thresh=NaN",
+            "val_wsize=3",
+            "val_wsize=0",
+            "alpha=inf",
+            "w1_w2_w3=0.3:0.8",
+            "n_iter=5000",
+            "n_iter=x",
+        ] {
             let err = HeadOptions::default().set_all([item]).unwrap_err().to_string();
             let key = item.split('=').next().unwrap();
             assert!(err.contains(key), "{item}: {err}");
@@ -235,8 +272,7 @@ mod tests {
         let err = HeadOptions::default().set_all(["max_seeds=3"]).unwrap_err().to_string();
         assert!(err.contains("unknown head option 'max_seeds'") && err.contains("max_num_sp"), "{err}");
         assert!(HeadOptions::default().set_all(["alpha"]).unwrap_err().to_string().contains("KEY=VALUE"));
-        let mut o = HeadOptions::default();
-        o.cluster_iterations = 100_000;
+        let o = HeadOptions { cluster_iterations: 100_000, ..Default::default() };
         assert!(o.check().is_err());
     }
 }

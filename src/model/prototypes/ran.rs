@@ -1,7 +1,7 @@
 //! RAN, resemblance attention (`MultiProtoAsConv.attention`, spec §1.6). No parameters.
 
-use candle_core::Tensor;
 use super::softmax_last_dim;
+use candle_core::Tensor;
 
 use crate::error::Result;
 
@@ -15,7 +15,8 @@ use crate::error::Result;
 pub fn ran(support: &Tensor, query: &Tensor) -> Result<Tensor> {
     let ns = support.sqr()?.sum_keepdim(0)?.sqrt()?; // [1, N]
     let nq = query.sqr()?.sum_keepdim(0)?.sqrt()?; // [1, N]
-                                                   // x_qs_norm = ‖s_i‖·‖q_j‖ as an outer product, then + 1e-5 (a float32 add, as in the reference).
+                                                   // x_qs_norm = ‖s_i‖·‖q_j‖ as an outer product, then + 1e-5 (a
+                                                   // float32 add, as in the reference).
     let denom = ns.t()?.broadcast_mul(&nq)?.affine(1.0, 1e-5)?; // [N, N]
     let dots = support.t()?.matmul(query)?; // [N, N], rows = support pixels
     let attention = softmax_last_dim(&(dots / denom)?)?;

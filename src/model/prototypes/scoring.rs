@@ -1,7 +1,7 @@
 //! Cosine-prototype scoring (ALPNet's classifier; spec §1.8 steps 5–7, §1.9 step 4 and mode `mask`).
 
-use candle_core::Tensor;
 use super::softmax_last_dim;
+use candle_core::Tensor;
 
 use crate::error::Result;
 

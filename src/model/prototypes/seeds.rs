@@ -72,9 +72,7 @@ pub fn seed_placement(
     area_per_seed: usize,
 ) -> Result<SeedPlacement> {
     if height == 0 || width == 0 {
-        return Err(DspnetError::Shape(format!(
-            "seed mask must be non-empty, got {height}x{width}"
-        )));
+        return Err(DspnetError::Shape(format!("seed mask must be non-empty, got {height}x{width}")));
     }
     if mask.len() != height * width {
         return Err(DspnetError::Shape(format!(
@@ -84,34 +82,22 @@ pub fn seed_placement(
         )));
     }
     if stride == 0 {
-        return Err(DspnetError::InvalidArgument(
-            "seed stride must be >= 1".into(),
-        ));
+        return Err(DspnetError::InvalidArgument("seed stride must be >= 1".into()));
     }
     if area_per_seed == 0 {
-        return Err(DspnetError::InvalidArgument(
-            "area_per_seed must be >= 1".into(),
-        ));
+        return Err(DspnetError::InvalidArgument("area_per_seed must be >= 1".into()));
     }
 
     let (grid, gh, gw) = downsample_nearest(mask, height, width, stride);
-    let none = |k| SeedPlacement {
-        grid: grid.clone(),
-        grid_height: gh,
-        grid_width: gw,
-        k,
-        seeds: Vec::new(),
-        num_sp: 0,
-    };
+    let none =
+        |k| SeedPlacement { grid: grid.clone(), grid_height: gh, grid_width: gw, k, seeds: Vec::new(), num_sp: 0 };
 
     // Bounding box of the foreground cells.
     let Some((r0, r1, c0, c1)) = bounding_box(&grid, gh, gw) else {
         return Ok(none(0));
     };
     let (ch, cw) = (r1 - r0 + 1, c1 - c0 + 1);
-    let mut crop: Vec<bool> = (0..ch * cw)
-        .map(|i| grid[(r0 + i / cw) * gw + c0 + i % cw] != 0)
-        .collect();
+    let mut crop: Vec<bool> = (0..ch * cw).map(|i| grid[(r0 + i / cw) * gw + c0 + i % cw] != 0).collect();
 
     // `(mask_area / avg_sp_area).round()` is numpy's round half to even, on a float64 quotient.
     let area = crop.iter().filter(|&&v| v).count();
@@ -143,26 +129,14 @@ pub fn seed_placement(
     let nz_cols = seeds.iter().filter(|s| s.1 != 0).count();
     let num_sp = nz_rows.max(nz_cols);
 
-    Ok(SeedPlacement {
-        grid,
-        grid_height: gh,
-        grid_width: gw,
-        k,
-        seeds,
-        num_sp,
-    })
+    Ok(SeedPlacement { grid, grid_height: gh, grid_width: gw, k, seeds, num_sp })
 }
 
 /// OpenCV `INTER_NEAREST` to `int((n - 1) / stride + 1)` cells per axis: output cell x samples
 /// input `min(floor(x * (1 / (out / in))), in - 1)`, which is `stride·x` when `in = stride·out`.
 /// (The reference passes `dsize = (down_h, down_w)` where OpenCV expects (width, height); that only
 /// matters for non-square masks, where the reference is inconsistent, so the axes are kept straight.)
-pub(crate) fn downsample_nearest(
-    mask: &[u8],
-    height: usize,
-    width: usize,
-    stride: usize,
-) -> (Vec<u8>, usize, usize) {
+pub(crate) fn downsample_nearest(mask: &[u8], height: usize, width: usize, stride: usize) -> (Vec<u8>, usize, usize) {
     let gh = (height - 1) / stride + 1;
     let gw = (width - 1) / stride + 1;
     let src_index = |dst: usize, n_in: usize, n_out: usize| -> usize {
@@ -291,18 +265,13 @@ mod tests {
     use super::*;
 
     fn brute(fg: &[bool], h: usize, w: usize) -> Vec<u64> {
-        let zeros: Vec<(usize, usize)> = (0..h * w)
-            .filter(|&i| !fg[i])
-            .map(|i| (i / w, i % w))
-            .collect();
+        let zeros: Vec<(usize, usize)> = (0..h * w).filter(|&i| !fg[i]).map(|i| (i / w, i % w)).collect();
         (0..h * w)
             .map(|i| {
                 let (r, c) = (i / w, i % w);
                 zeros
                     .iter()
-                    .map(|&(zr, zc)| {
-                        (r.abs_diff(zr) as u64).pow(2) + (c.abs_diff(zc) as u64).pow(2)
-                    })
+                    .map(|&(zr, zc)| (r.abs_diff(zr) as u64).pow(2) + (c.abs_diff(zc) as u64).pow(2))
                     .min()
                     .unwrap_or(INF)
             })
@@ -327,11 +296,7 @@ mod tests {
             if fg.iter().all(|&v| v) {
                 fg[(next() as usize) % (h * w)] = false;
             }
-            assert_eq!(
-                squared_edt(&fg, h, w),
-                brute(&fg, h, w),
-                "trial {trial} {h}x{w}"
-            );
+            assert_eq!(squared_edt(&fg, h, w), brute(&fg, h, w), "trial {trial} {h}x{w}");
         }
     }
 
@@ -351,18 +316,9 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert!(matches!(
-            place_seeds(&[0; 10], 4, 4, 8, 5, 100),
-            Err(DspnetError::Shape(_))
-        ));
-        assert!(matches!(
-            place_seeds(&[0; 16], 4, 4, 0, 5, 100),
-            Err(DspnetError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            place_seeds(&[0; 16], 4, 4, 8, 5, 0),
-            Err(DspnetError::InvalidArgument(_))
-        ));
+        assert!(matches!(place_seeds(&[0; 10], 4, 4, 8, 5, 100), Err(DspnetError::Shape(_))));
+        assert!(matches!(place_seeds(&[0; 16], 4, 4, 0, 5, 100), Err(DspnetError::InvalidArgument(_))));
+        assert!(matches!(place_seeds(&[0; 16], 4, 4, 8, 5, 0), Err(DspnetError::InvalidArgument(_))));
         assert_eq!(place_seeds(&[0; 16], 4, 4, 8, 5, 100).unwrap(), (vec![], 0));
     }
 }

@@ -93,7 +93,12 @@ impl PthTensor {
             PthDtype::F16 => DType::F16,
             PthDtype::BF16 => DType::BF16,
             PthDtype::F64 => DType::F64,
-            other => return Err(DspnetError::ModelFormat(format!("tensor '{}' has dtype {other:?}; expected floating point", self.name))),
+            other => {
+                return Err(DspnetError::ModelFormat(format!(
+                    "tensor '{}' has dtype {other:?}; expected floating point",
+                    self.name
+                )))
+            }
         };
         Ok(candle_core::Tensor::from_raw_buffer(&self.data, dtype, &self.shape, &candle_core::Device::Cpu)?)
     }
@@ -552,12 +557,18 @@ mod tests {
     #[test]
     fn half_precision_elements_widen_exactly() {
         let halves: [u16; 8] = [0x3c00, 0xc000, 0x0001, 0x03ff, 0x7bff, 0x7c00, 0x7e00, 0x8000];
-        let t = PthTensor { name: "h".into(), dtype: PthDtype::F16, shape: vec![8], data: halves.iter().flat_map(|h| h.to_le_bytes()).collect() };
+        let t = PthTensor {
+            name: "h".into(),
+            dtype: PthDtype::F16,
+            shape: vec![8],
+            data: halves.iter().flat_map(|h| h.to_le_bytes()).collect(),
+        };
         let v = t.to_f32_vec().unwrap();
         assert_eq!(v[..6], [1.0, -2.0, 2f32.powi(-24), 1023.0 * 2f32.powi(-24), 65504.0, f32::INFINITY]);
         assert!(v[6].is_nan());
         assert_eq!(v[7].to_bits(), 0x8000_0000);
-        let t = PthTensor { name: "b".into(), dtype: PthDtype::BF16, shape: vec![2], data: vec![0x80, 0x3f, 0x00, 0xc0] };
+        let t =
+            PthTensor { name: "b".into(), dtype: PthDtype::BF16, shape: vec![2], data: vec![0x80, 0x3f, 0x00, 0xc0] };
         assert_eq!(t.to_f32_vec().unwrap(), [1.0, -2.0]);
     }
 

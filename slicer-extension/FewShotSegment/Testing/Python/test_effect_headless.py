@@ -24,6 +24,7 @@ MODULE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")
 # Fakes
 # --------------------------------------------------------------------------------------------------
 
+
 class FakeWidget:
     def __init__(self, *args, **kwargs):
         self.enabled = True
@@ -217,8 +218,9 @@ def makeFakeBase(slicer):
                 segmentId = seg.GetNthSegmentID(n)
                 labelmap = slicer.vtkOrientedImageData()
                 previewNode.GetBinaryLabelmapRepresentation(segmentId, labelmap)
-                assert logic.SetBinaryLabelmapToSegment(labelmap, segmentationNode, segmentId, logic.MODE_REPLACE,
-                                                        labelmap.GetExtent())
+                assert logic.SetBinaryLabelmapToSegment(
+                    labelmap, segmentationNode, segmentId, logic.MODE_REPLACE, labelmap.GetExtent()
+                )
             self.reset()
 
         def cleanup(self):
@@ -231,6 +233,7 @@ def makeFakeBase(slicer):
 def effectEnv(ct, monkeypatch):
     """The effect module imported against fakes, on a fresh scene with the CT support painted."""
     import slicer
+
     scene = testing.newScene()
     volume = testing.loadVolume(scene, ct["files"]["image"], name="ct")
     seg = testing.loadSegmentation(scene, ct["files"]["support"], name="ct-effect")
@@ -250,17 +253,27 @@ def effectEnv(ct, monkeypatch):
     see.__all__ = ["AbstractScriptedSegmentEditorAutoCompleteEffect"]
     seeSub = types.ModuleType("SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect")
     seeSub.ResultPreviewNodeReferenceRole = "SegmentationResultPreview"
-    for name, module in (("qt", qt), ("ctk", ctk), ("SegmentEditorEffects", see),
-                         ("SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect", seeSub),
-                         ("vtkSegmentationCorePython", slicer)):
+    for name, module in (
+        ("qt", qt),
+        ("ctk", ctk),
+        ("SegmentEditorEffects", see),
+        ("SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect", seeSub),
+        ("vtkSegmentationCorePython", slicer),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
 
     messages = {"errors": [], "status": []}
     settings = {}
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(
-        layoutManager=lambda: None,
-        userSettings=lambda: types.SimpleNamespace(value=lambda k, d=None: settings.get(k, d))), raising=False)
+    monkeypatch.setattr(
+        slicer,
+        "app",
+        types.SimpleNamespace(
+            layoutManager=lambda: None,
+            userSettings=lambda: types.SimpleNamespace(value=lambda k, d=None: settings.get(k, d)),
+        ),
+        raising=False,
+    )
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kw: messages["errors"].append(text))
     monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, *a: messages["status"].append(text))
 
@@ -281,8 +294,9 @@ def effectEnv(ct, monkeypatch):
     effect.setupOptionsFrame()
     effect.setMRMLDefaults()
     effect.updateGUIFromMRML()
-    yield types.SimpleNamespace(effect=effect, scripted=scripted, volume=volume, seg=seg, scene=scene,
-                                messages=messages, module=module)
+    yield types.SimpleNamespace(
+        effect=effect, scripted=scripted, volume=volume, seg=seg, scene=scene, messages=messages, module=module
+    )
     effect.cleanup()
     sys.modules.pop("FewShotSegmentLib.SegmentEditorEffect", None)
 
@@ -296,6 +310,7 @@ def waitForTask(effect, timeout=300):
 
 
 # --------------------------------------------------------------------------------------------------
+
 
 def test_effect_preview_then_apply_matches_cli(effectEnv, ct, weights):
     e, s = effectEnv.effect, effectEnv.scripted
@@ -317,8 +332,9 @@ def test_effect_preview_then_apply_matches_cli(effectEnv, ct, weights):
     assert preview is not None and preview.GetSegmentation().GetNumberOfSegments() == 1
     liverId = effectEnv.seg.GetSegmentation().GetSegmentIdBySegmentName("Liver")
     assert e.selectedSegmentIds.GetValue(0) == liverId
-    testing.assertSameMask(testing.segmentArray(preview, liverId, effectEnv.volume), ct["cli"] == 1,
-                           "effect preview vs dspnet segment")
+    testing.assertSameMask(
+        testing.segmentArray(preview, liverId, effectEnv.volume), ct["cli"] == 1, "effect preview vs dspnet segment"
+    )
     # The least confident slices are named, and the button moves the views onto the first of them.
     suggested = e.suggestions[2]
     assert e.suggestionButton.visible and suggested and set(suggested) <= {1, 2, 4}
@@ -327,6 +343,7 @@ def test_effect_preview_then_apply_matches_cli(effectEnv, ct, weights):
     e.onShowSuggestion()
     volume = effectEnv.volume
     import vtk
+
     rasToIjk = vtk.vtkMatrix4x4()
     volume.GetRASToIJKMatrix(rasToIjk)
     origin = [red.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
@@ -337,8 +354,9 @@ def test_effect_preview_then_apply_matches_cli(effectEnv, ct, weights):
     assert "slices reused from the previous run" in e.statusLabel.text, e.statusLabel.text
     e.onApply()
     assert s.undoStates == 1 and e.getPreviewNode() is None
-    testing.assertSameMask(testing.segmentArray(effectEnv.seg, liverId, effectEnv.volume), ct["cli"] == 1,
-                           "effect Apply vs dspnet segment")
+    testing.assertSameMask(
+        testing.segmentArray(effectEnv.seg, liverId, effectEnv.volume), ct["cli"] == 1, "effect Apply vs dspnet segment"
+    )
 
 
 def test_effect_stop_keeps_everything(effectEnv, weights):
@@ -386,6 +404,7 @@ def test_in_slicer_self_test_never_passes_silently_without_prerequisites(monkeyp
     (unittest.SkipTest, which a direct call surfaces as an error), never a silent return."""
     import unittest
     import slicer
+
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
 
     class Base:

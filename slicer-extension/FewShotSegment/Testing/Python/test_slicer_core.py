@@ -29,6 +29,7 @@ def lpsMatrixOf(volumeNode):
 def readSegNrrdSegment(path, name):
     """A segment of a .seg.nrrd read with slicerio, as a [k, j, i] 0/1 array, plus the file's geometry."""
     import slicerio
+
     seg = slicerio.read_segmentation(path)
     names = [s["name"] for s in seg["segments"]]
     assert name in names, f"{name} not in {names}"
@@ -42,18 +43,24 @@ def readSegNrrdSegment(path, name):
 # Packaging and import hygiene
 # --------------------------------------------------------------------------------------------------
 
+
 def test_logic_and_binding_import_without_qt():
-    code = ("import sys; sys.path.insert(0, %r); import FewShotSegmentLib.logic, dspnet, dspnet.binding; "
-            "from FewShotSegmentLib.logic import FewShotSegmentLogic; "
-            "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'slicer') if m in sys.modules]; "
-            "assert not bad, bad; print('ok')") % MODULE_DIR
+    code = (
+        "import sys; sys.path.insert(0, %r); import FewShotSegmentLib.logic, dspnet, dspnet.binding; "
+        "from FewShotSegmentLib.logic import FewShotSegmentLogic; "
+        "bad = [m for m in ('qt', 'ctk', 'PythonQt', 'slicer') if m in sys.modules]; "
+        "assert not bad, bad; print('ok')"
+    ) % MODULE_DIR
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_slicer_files_compile_and_cmake_lists_existing_files():
-    for path in [os.path.join(MODULE_DIR, "FewShotSegment.py"),
-                 os.path.join(MODULE_DIR, "FewShotSegmentLib", "SegmentEditorEffect.py"), BATCH]:
+    for path in [
+        os.path.join(MODULE_DIR, "FewShotSegment.py"),
+        os.path.join(MODULE_DIR, "FewShotSegmentLib", "SegmentEditorEffect.py"),
+        BATCH,
+    ]:
         with open(path) as f:
             compile(f.read(), path, "exec")  # syntax check without writing __pycache__
     cmake = open(os.path.join(MODULE_DIR, "CMakeLists.txt")).read()
@@ -63,9 +70,18 @@ def test_slicer_files_compile_and_cmake_lists_existing_files():
         rel = rel.replace("${MODULE_NAME}", "FewShotSegment")
         assert os.path.isfile(os.path.join(MODULE_DIR, rel)), f"CMakeLists.txt lists a missing file: {rel}"
     top = open(os.path.join(EXTENSION_DIR, "CMakeLists.txt")).read()
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "add_subdirectory(FewShotSegment)",
-                "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+        "EXTENSION_DEPENDS",
+        "add_subdirectory(FewShotSegment)",
+        "Slicer_EXTENSION_GENERATE_CONFIG",
+        "Slicer_EXTENSION_CPACK",
+    ):
         assert key in top, key
     for icon in ("Resources/Icons/FewShotSegment.png", "FewShotSegmentLib/SegmentEditorEffect.png"):
         with open(os.path.join(MODULE_DIR, icon), "rb") as f:
@@ -75,6 +91,7 @@ def test_slicer_files_compile_and_cmake_lists_existing_files():
 # --------------------------------------------------------------------------------------------------
 # Binding
 # --------------------------------------------------------------------------------------------------
+
 
 def test_binding_finds_library_and_checks_abi(prerequisites, monkeypatch, tmp_path):
     lib = binding.load_library()
@@ -89,7 +106,9 @@ def test_binding_finds_library_and_checks_abi(prerequisites, monkeypatch, tmp_pa
     with pytest.raises(binding.LibraryNotFoundError, match="cannot load libdspnet"):
         binding.load_library(str(bogus))
     # An explicit DSPNET_LIBRARY that is wrong is an error (in a fresh process: the library is cached).
-    code = "import sys; sys.path.insert(0, %r); from FewShotSegmentLib import binding; binding.load_library()" % MODULE_DIR
+    code = (
+        "import sys; sys.path.insert(0, %r); from FewShotSegmentLib import binding; binding.load_library()" % MODULE_DIR
+    )
     env = dict(os.environ, DSPNET_LIBRARY=str(tmp_path / "nowhere.so"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "DSPNET_LIBRARY=" in proc.stderr and "no libdspnet there" in proc.stderr
@@ -98,6 +117,7 @@ def test_binding_finds_library_and_checks_abi(prerequisites, monkeypatch, tmp_pa
 def test_binding_refuses_another_abi_version(tmp_path):
     """A library whose dspnet_abi_version() differs from the binding's ABI is refused with a message."""
     import shutil
+
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build a fake libdspnet")
@@ -155,6 +175,7 @@ def test_binding_default_model_from_environment(weights, monkeypatch):
 
 def test_binding_passes_slicer_arrays_without_copies(prerequisites):
     import slicer
+
     scene = testing.newScene()
     volume = testing.loadVolume(scene, os.path.join(testing.dataDir(), "ct-liver", "image.nii.gz"))
     kji = slicer.util.arrayFromVolume(volume)
@@ -216,6 +237,7 @@ def test_worker_thread_releases_the_gil(ct, weights):
 # Slice axis from views
 # --------------------------------------------------------------------------------------------------
 
+
 def test_slice_axis_from_normal():
     identity = np.eye(3)
     assert fslogic.sliceAxisFromNormal((0, 0, 1), identity) == 2
@@ -230,6 +252,7 @@ def test_slice_axis_from_normal():
 
 def test_slice_axis_from_slice_nodes_on_rotated_volume(mri):
     import vtk
+
     scene = mri["scene"]
     volume = mri["volume"]
     assert fslogic.sliceAxisFromSliceNode(testing.sliceNode(scene, "Green", "Coronal"), volume) == 0
@@ -261,6 +284,7 @@ def test_slice_axis_from_slice_nodes_on_rotated_volume(mri):
 # --------------------------------------------------------------------------------------------------
 # Scenarios on the demo volumes: logic == dspnet segment, voxel for voxel
 # --------------------------------------------------------------------------------------------------
+
 
 def test_ct_axial_logic_matches_cli(ct):
     result = ct["result"]
@@ -302,12 +326,14 @@ def test_plain_numpy_binding_on_pynrrd_arrays_matches_cli(ct, weights):
     """The binding without Slicer: pynrrd's [i, j, k] arrays with index_order='ijk'."""
     import nrrd
     import slicerio
-    image, header = nrrd.read(ct["files"]["image"])          # [i, j, k], Fortran order
+
+    image, header = nrrd.read(ct["files"]["image"])  # [i, j, k], Fortran order
     spacing = np.linalg.norm(header["space directions"], axis=1)
     support = slicerio.extract_segments(slicerio.read_segmentation(ct["files"]["support"]), [("Liver", 1)])["voxels"]
     with binding.Model(weights, device="cpu") as model:
-        labels, summary = binding.segment(model, image, support, spacing, slice_axis="k", extent="1:4",
-                                          index_order="ijk")
+        labels, summary = binding.segment(
+            model, image, support, spacing, slice_axis="k", extent="1:4", index_order="ijk"
+        )
     assert labels.shape == image.shape and summary.slices_processed == 3
     testing.assertSameMask(labels.T, ct["cli"] == 1, "binding on pynrrd arrays vs dspnet segment")
 
@@ -316,6 +342,7 @@ def test_binding_propagation_option_matches_cli(ct, weights, workdir):
     """propagation="independent" is the CLI's --propagation independent; unknown values are refused."""
     import nrrd
     import slicerio
+
     files = ct["files"]
     image, header = nrrd.read(files["image"])
     spacing = np.linalg.norm(header["space directions"], axis=1)
@@ -324,13 +351,13 @@ def test_binding_propagation_option_matches_cli(ct, weights, workdir):
     testing.runCli(files["image"], files["support"], out, weights, "k", (1, 4), propagation="independent")
     cli, _ = nrrd.read(out)
     with binding.Model(weights, device="cpu") as model:
-        labels, summary = binding.segment(model, image, support, spacing, slice_axis="k", extent="1:4",
-                                          index_order="ijk", propagation="independent")
+        labels, summary = binding.segment(
+            model, image, support, spacing, slice_axis="k", extent="1:4", index_order="ijk", propagation="independent"
+        )
         assert summary.slices_processed == 3
         testing.assertSameMask(labels, cli == 1, "binding independent vs dspnet segment --propagation independent")
         with pytest.raises(binding.InvalidArgumentError):
-            binding.segment(model, image, support, spacing, slice_axis="k", propagation="sideways",
-                            index_order="ijk")
+            binding.segment(model, image, support, spacing, slice_axis="k", propagation="sideways", index_order="ijk")
 
 
 def test_correction_reuses_the_session_and_matches_a_fresh_run(ct, weights):
@@ -360,6 +387,7 @@ def test_correction_reuses_the_session_and_matches_a_fresh_run(ct, weights):
     # The user corrects slice 1 with the true liver outline and runs again.
     import slicer
     import vtk
+
     geometry = fslogic.volumeGeometryInSegmentationFrame(volume, seg)
     geometry.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     paint = fslogic._numpyFromImageData(geometry)
@@ -396,12 +424,14 @@ def test_correction_reuses_the_session_and_matches_a_fresh_run(ct, weights):
 def test_binding_session_matches_segment_and_refuses_bad_input(ct, weights):
     import nrrd
     import slicerio
+
     image, header = nrrd.read(ct["files"]["image"])
     spacing = np.linalg.norm(header["space directions"], axis=1)
     support = slicerio.extract_segments(slicerio.read_segmentation(ct["files"]["support"]), [("Liver", 1)])["voxels"]
     with binding.Model(weights, device="cpu") as model:
-        expected, summary = binding.segment(model, image, support, spacing, slice_axis="k", extent="1:4",
-                                            index_order="ijk")
+        expected, summary = binding.segment(
+            model, image, support, spacing, slice_axis="k", extent="1:4", index_order="ijk"
+        )
         with binding.Session(model, image, spacing, index_order="ijk") as session:
             labels, s = session.segment(support, slice_axis="k", extent="1:4")
             np.testing.assert_array_equal(labels, expected)
@@ -422,8 +452,11 @@ def test_binding_session_matches_segment_and_refuses_bad_input(ct, weights):
                         session.segment(support, slice_axis="k", extent="1:4")
                     except binding.BusyError as e:
                         state["error"] = e
+
             session.segment(support, slice_axis="k", extent="1:4", progress=reenter)
-            assert isinstance(state.get("error"), binding.BusyError) and state["error"].status == binding.DSPNET_ERROR_BUSY
+            assert (
+                isinstance(state.get("error"), binding.BusyError) and state["error"].status == binding.DSPNET_ERROR_BUSY
+            )
         with pytest.raises(binding.InvalidArgumentError):
             binding.Session(model, image, spacing, index_order="ijk", feature_budget_bytes=10)
         with pytest.raises(ValueError):
@@ -434,12 +467,32 @@ def test_binding_session_matches_segment_and_refuses_bad_input(ct, weights):
 # Batch script
 # --------------------------------------------------------------------------------------------------
 
+
 def test_batch_script_in_plain_python(ct, weights, workdir):
     out = os.path.join(workdir, "batch-ct.seg.nrrd")
     files = ct["files"]
-    proc = subprocess.run([sys.executable, BATCH, "--input", files["image"], "--support", files["support"],
-                           "--output", out, "--weights", weights, "--device", "cpu", "--axis", "k",
-                           "--extent", "1:4"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            BATCH,
+            "--input",
+            files["image"],
+            "--support",
+            files["support"],
+            "--output",
+            out,
+            "--weights",
+            weights,
+            "--device",
+            "cpu",
+            "--axis",
+            "k",
+            "--extent",
+            "1:4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 segment(s) (Liver) propagated along k: 3 slices processed" in proc.stderr
     liver, ijkToLPS, _, names = readSegNrrdSegment(out, "Liver")
@@ -449,9 +502,22 @@ def test_batch_script_in_plain_python(ct, weights, workdir):
 
 
 def test_batch_script_fails_cleanly(prerequisites, workdir, weights):
-    proc = subprocess.run([sys.executable, BATCH, "--input", os.path.join(workdir, "nope.nrrd"), "--support",
-                           os.path.join(workdir, "nope.seg.nrrd"), "--output", os.path.join(workdir, "x.seg.nrrd"),
-                           "--weights", weights], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            BATCH,
+            "--input",
+            os.path.join(workdir, "nope.nrrd"),
+            "--support",
+            os.path.join(workdir, "nope.seg.nrrd"),
+            "--output",
+            os.path.join(workdir, "x.seg.nrrd"),
+            "--weights",
+            weights,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "batch_segment: error: cannot read the image" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -469,23 +535,60 @@ def test_batch_script_label_volume_support_and_output(ct, weights, workdir):
     path = testing.saveVolume(scene, labelmap, os.path.join(workdir, "ct-support-label.nrrd"))
     out = os.path.join(workdir, "batch-out.nrrd")
     # Extent = the support slice only: no slice to score, so this checks the file paths, not the model.
-    proc = subprocess.run([sys.executable, BATCH, "--input", ct["files"]["image"], "--support", path,
-                           "--output", out, "--weights", weights, "--axis", "k", "--extent", "3:3", "--quiet"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            BATCH,
+            "--input",
+            ct["files"]["image"],
+            "--support",
+            path,
+            "--output",
+            out,
+            "--weights",
+            weights,
+            "--axis",
+            "k",
+            "--extent",
+            "3:3",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     written = testing.loadVolume(scene, out, labelmap=True)
     np.testing.assert_allclose(testing.ijkToRAS(written), testing.ijkToRAS(volume), atol=1e-9)
     testing.assertSameMask(testing.slicerArray(written), support, "label volume in, label volume out")
-    empty = testing.saveVolume(scene, testing.volumeFromArray(scene, support * 0, testing.ijkToRAS(volume), "empty",
-                                                              labelmap=True), os.path.join(workdir, "empty.nrrd"))
-    proc = subprocess.run([sys.executable, BATCH, "--input", ct["files"]["image"], "--support", empty,
-                           "--output", out, "--weights", weights, "--quiet"], capture_output=True, text=True)
+    empty = testing.saveVolume(
+        scene,
+        testing.volumeFromArray(scene, support * 0, testing.ijkToRAS(volume), "empty", labelmap=True),
+        os.path.join(workdir, "empty.nrrd"),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            BATCH,
+            "--input",
+            ct["files"]["image"],
+            "--support",
+            empty,
+            "--output",
+            out,
+            "--weights",
+            weights,
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "no painted segment" in proc.stderr, proc.stderr
 
 
 # --------------------------------------------------------------------------------------------------
 # Logic errors are reported clearly
 # --------------------------------------------------------------------------------------------------
+
 
 def test_logic_reports_unpainted_and_unknown_segments(ct, weights):
     scene = testing.newScene()
@@ -515,6 +618,7 @@ def test_prepare_job_resamples_each_segment_once(ct, monkeypatch):
     def counting(node, segmentId, geometry):
         calls.append(segmentId)
         return original(node, segmentId, geometry)
+
     monkeypatch.setattr(fslogic, "segmentArrayOnVolumeGrid", counting)
     job = fslogic.FewShotSegmentLogic().prepareJob(volume, seg)
     assert empty not in job.segmentIds and len(job.segmentIds) >= 1
@@ -551,6 +655,7 @@ endfunction()
 
 def test_extension_cmake_bundles_library_and_default_model(prerequisites, weights, tmp_path):
     import shutil
+
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake is not installed: the extension's CMake bundling was not checked")
@@ -566,16 +671,32 @@ def test_extension_cmake_bundles_library_and_default_model(prerequisites, weight
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
-    out = run("-S", EXTENSION_DIR, "-B", str(build), f"-DSlicer_DIR={stub}", f"-DFEWSHOT_DSPNET_LIBRARY={library}",
-              f"-DFEWSHOT_DEFAULT_WEIGHTS={weights}", "-DBUILD_TESTING=OFF")
+    out = run(
+        "-S",
+        EXTENSION_DIR,
+        "-B",
+        str(build),
+        f"-DSlicer_DIR={stub}",
+        f"-DFEWSHOT_DSPNET_LIBRARY={library}",
+        f"-DFEWSHOT_DEFAULT_WEIGHTS={weights}",
+        "-DBUILD_TESTING=OFF",
+    )
     assert "bundling libdspnet from" in out
     run("--build", str(build))
     run("--install", str(build), "--prefix", str(prefix))
     modules = prefix / "lib" / "Slicer-5.8" / "qt-scripted-modules"
-    for rel in ("FewShotSegment.py", "FewShotSegmentLib/__init__.py", "FewShotSegmentLib/SegmentEditorEffect.py",
-                "FewShotSegmentLib/SegmentEditorEffect.png", "Resources/UI/FewShotSegment.ui",
-                "dspnet/__init__.py", "dspnet/binding.py", "dspnet/dask.py",
-                "dspnet/lib/libdspnet.so", "dspnet/lib/weights/dspnet-default.safetensors"):
+    for rel in (
+        "FewShotSegment.py",
+        "FewShotSegmentLib/__init__.py",
+        "FewShotSegmentLib/SegmentEditorEffect.py",
+        "FewShotSegmentLib/SegmentEditorEffect.png",
+        "Resources/UI/FewShotSegment.ui",
+        "dspnet/__init__.py",
+        "dspnet/binding.py",
+        "dspnet/dask.py",
+        "dspnet/lib/libdspnet.so",
+        "dspnet/lib/weights/dspnet-default.safetensors",
+    ):
         assert (modules / rel).is_file(), rel
     assert not (modules / "FewShotSegmentLib" / "binding.py").exists(), "one binding: the dspnet package's"
     assert (build / "lib" / "Slicer-5.8" / "qt-scripted-modules" / "dspnet" / "lib" / "libdspnet.so").is_file()
@@ -583,10 +704,11 @@ def test_extension_cmake_bundles_library_and_default_model(prerequisites, weight
     # The installed package finds its own library and, through it, the bundled default model: no
     # DSPNET_LIBRARY, no DSPNET_WEIGHTS.
     env = {k: v for k, v in os.environ.items() if k not in ("DSPNET_LIBRARY", "DSPNET_WEIGHTS")}
-    code = ("import sys; sys.path.insert(0, %r); from FewShotSegmentLib import binding; "
-            "lib = binding.load_library(); m = binding.Model(None, device='cpu'); print(lib.path); print(m.device); "
-            "print(binding.__file__)"
-            % str(modules))
+    code = (
+        "import sys; sys.path.insert(0, %r); from FewShotSegmentLib import binding; "
+        "lib = binding.load_library(); m = binding.Model(None, device='cpu'); print(lib.path); print(m.device); "
+        "print(binding.__file__)" % str(modules)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     path, device, binding_file = proc.stdout.split()

@@ -4,7 +4,7 @@
 //! (default `tests/fixtures/golden`), dispatching on the sidecar's `kind`, so a new folder of fixtures
 //! in the same format is checked without code changes. Prints one line per file and case with the worst
 //! error; fails on any tolerance violation, and when the folder holds no fixture.
-//! Tolerances: `golden/README.md` §6.
+//! Tolerances: docs/model.md, 'Parity tests'.
 
 #[path = "golden/head_checks.rs"]
 mod head_checks;

@@ -2,7 +2,7 @@
 //!
 //! * the two official-format fixtures (`tests/fixtures/golden/official_subset{,_zipedge}.pth`) read,
 //!   keys / shapes / dtypes match their JSON sidecars, and every value is bit-identical to the
-//!   synthetic generator of `golden/README.md` §2 (reimplemented here);
+//!   synthetic generator of docs/model.md, 'Parity tests' (reimplemented here);
 //! * hand-made checkpoints (zip + pickle bytes written by this file) cover nested state dicts,
 //!   strided / offset / shared-storage views, other dtypes, the zip layout that the `zip` crate
 //!   rejects, and every error case, whose message must name the problem.
@@ -13,7 +13,7 @@ use dspnet::weights::pth::{read_checkpoint, read_checkpoint_bytes, PthDtype, Pth
 use dspnet::DspnetError;
 
 // ---------------------------------------------------------------------------------------------
-// Synthetic weight generator (golden/README.md §2)
+// Synthetic weight generator (docs/model.md, 'Parity tests')
 // ---------------------------------------------------------------------------------------------
 
 const PHI: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -1,4 +1,4 @@
-//! `dspnet train`: self-supervised fine-tuning on unlabelled scans (spec §2).
+//! `dspnet train`: self-supervised fine-tuning on unlabelled scans (docs/model.md, 'Training').
 
 use std::collections::HashMap;
 use std::io::Write;

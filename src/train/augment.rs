@@ -1,4 +1,4 @@
-//! The episode augmentation `sabs_aug` (spec §2.2): a random affine map, an elastic deformation and a
+//! The episode augmentation `sabs_aug` (docs/model.md, 'Training'): a random affine map, an elastic deformation and a
 //! gamma change of the image. Support and query are two independent draws from the same slice.
 //!
 //! The affine map and the elastic displacement are composed into one sampling of the source (bilinear,

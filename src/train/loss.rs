@@ -1,4 +1,4 @@
-//! The training losses (spec §2.4): pixel-wise cross-entropy on two-channel logits.
+//! The training losses (docs/model.md, 'Training'): pixel-wise cross-entropy on two-channel logits.
 
 use candle_core::Tensor;
 

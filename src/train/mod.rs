@@ -1,4 +1,4 @@
-//! Self-supervised fine-tuning (spec §2, SSL-ALPNet's recipe as DSPNet trains): episodes are built from
+//! Self-supervised fine-tuning (docs/model.md, 'Training'; SSL-ALPNet's recipe as DSPNet trains): episodes are built from
 //! superpixel pseudo-labels of unlabelled slices, support and query being two random augmentations of the
 //! same slice and superpixel; the loss is the weighted cross-entropy of the query prediction plus the
 //! prototype-alignment loss (roles swapped); SGD with momentum.
@@ -51,7 +51,7 @@ pub struct TrainOptions {
     pub momentum: f64,
     pub weight_decay: f64,
     pub seed: u64,
-    /// The head in training: 4×4 local pooling (spec §2.3).
+    /// The head in training: 4×4 local pooling (docs/model.md, 'Training').
     pub head: HeadOptions,
     pub augment: AugmentOptions,
 }

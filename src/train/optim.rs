@@ -1,5 +1,5 @@
 //! SGD with momentum and weight decay (PyTorch's `torch.optim.SGD`, no dampening, no Nesterov) and the
-//! reference's step schedule (spec §2.5).
+//! reference's step schedule (docs/model.md, 'Training').
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};

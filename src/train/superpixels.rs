@@ -1,4 +1,4 @@
-//! Pseudo-labels for self-supervision (spec §2.1): Felzenszwalb–Huttenlocher graph segmentation of each
+//! Pseudo-labels for self-supervision (docs/model.md, 'Training'): Felzenszwalb–Huttenlocher graph segmentation of each
 //! slice, restricted to the body.
 //!
 //! [`felzenszwalb`] follows `skimage.segmentation.felzenszwalb` (the reference's pseudo-label tool):
@@ -211,7 +211,7 @@ pub fn body_mask(img: &[f32], h: usize, w: usize, threshold: f32) -> Vec<bool> {
     outside.iter().map(|o| !o).collect()
 }
 
-/// Superpixel settings (spec §2.1 "MIDDLE": scale 1, sigma 1, min_size 400 at 256×256).
+/// Superpixel settings ("MIDDLE" in docs/model.md, 'Training': scale 1, sigma 1, min_size 400 at 256×256).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuperpixelOptions {
     pub scale: f64,

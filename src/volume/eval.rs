@@ -320,7 +320,7 @@ fn naive_one_slice(
     Ok((pred, processed))
 }
 
-/// `alpnet` (spec §3.2): the query's class extent is cut into 3 chunks; chunk k is segmented with the
+/// `alpnet` (docs/model.md, 'Evaluation protocol'): the query's class extent is cut into 3 chunks; chunk k is segmented with the
 /// support volume's slice at fraction (1/6, 1/2, 5/6) of that class's labelled slices; only slices
 /// inside the query's extent are scored. `support` may be the query itself; the baselines need it on the
 /// query's in-plane grid.

@@ -1,4 +1,4 @@
-//! Intensity normalisation, as the model's weights declare it (spec §3.4 for the official recipe).
+//! Intensity normalisation, as the model's weights declare it (docs/model.md, 'Input', for the official recipe).
 
 use crate::config::InputNormalization;
 use crate::{DspnetError, Result};

@@ -413,7 +413,7 @@ fn f32_bytes(values: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
 }
 
-/// The synthetic model (golden/README.md §2) for `config`, in memory: named f32 values and shapes.
+/// The synthetic model (docs/model.md, 'Parity tests') for `config`, in memory: named f32 values and shapes.
 fn synthetic_values(config: &ModelConfig, seed: u64) -> Result<Vec<NamedValues>> {
     config
         .expected_tensors()?

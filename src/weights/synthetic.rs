@@ -1,4 +1,4 @@
-//! The deterministic synthetic-weight generator of the golden vectors (`golden/README.md` §2).
+//! The deterministic synthetic-weight generator of the golden vectors (docs/model.md, 'Parity tests').
 //!
 //! Tests, C/C++ consumers and the Slicer extension use these weights instead of a 170 MB checkpoint:
 //! any IEEE implementation rebuilds them bit for bit from a key name and a seed, so a golden vector
@@ -73,7 +73,7 @@ pub fn tensor_values(key: &str, shape: &[usize], seed: u64) -> Option<Vec<f32>> 
 mod tests {
     use super::*;
 
-    /// The check table of golden/README.md §2 (seed 1, first four elements, f32 bits).
+    /// The check table of the golden set (seed 1, first four elements, f32 bits).
     #[test]
     fn matches_reference_table() {
         let table: [(&str, &[usize], u64, [u32; 4]); 4] = [

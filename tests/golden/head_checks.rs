@@ -1,11 +1,11 @@
 #![allow(dead_code)]
 //! Golden checks of the parameter-free DSPNet head (shared by `tests/golden.rs` and `tests/head.rs`) against the
 //! reference vectors in
-//! `tests/fixtures/golden/` (copied from the shared golden set; see its README §4 and §6).
+//! `tests/fixtures/golden/` (copied from the shared golden set; see docs/model.md, 'Parity tests').
 //!
 //! Each `check_<kind>` takes a `.safetensors` file and its parsed JSON sidecar and returns one line per
 //! case with the worst errors, or an error string listing every failed comparison (followed by the
-//! lines). Tolerances are those of README §6: discrete quantities exact; `ran`, `bcma_protos`, `pc`,
+//! lines). Tolerances are those of docs/model.md, 'Parity tests': discrete quantities exact; `ran`, `bcma_protos`, `pc`,
 //! `p_g` rel-L2 ≤ 1e-5; `s_bg`, `s_fg`, `logits` rel-L2 ≤ 1e-5 and max abs ≤ 1e-4; labels identical
 //! wherever the reference margin |logit1 − logit0| ≥ 1e-3.
 

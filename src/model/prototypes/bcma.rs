@@ -1,4 +1,4 @@
-//! BCMA: channel-neighbourhood mixing of the 2×2-pooled local prototypes (spec §1.7), as inlined in
+//! BCMA: channel-neighbourhood mixing of the 2×2-pooled local prototypes (docs/model.md, 'BCMA'), as inlined in
 //! the reference's `gridconv` / `gridconv+` branches. No learned parameters besides the fixed `cal`.
 
 use super::softmax_last_dim;

@@ -1,4 +1,4 @@
-//! SpCenterIter (`MultiProtoAsConv.sp_center_iter`, from ASGNet; spec §1.10): the inference-time
+//! SpCenterIter (`MultiProtoAsConv.sp_center_iter`, from ASGNet; docs/model.md, 'Clustering'): the inference-time
 //! soft clustering of the support foreground features that yields the FSPA cluster centres Pc.
 //!
 //! Small (ROI ≤ h·w cells, K ≤ 5 centres, 10 iterations), so it runs on the CPU. Inputs and outputs
@@ -28,7 +28,7 @@ pub struct Clusters {
 ///
 /// One conscious deviation: the normalisation is evaluated as a max-shifted softmax over r. That is
 /// the same quantity, but where the reference's float32 `exp` underflows to 0 for *every* ROI cell of
-/// a cluster it produces 0/0 = NaN (spec §1.10/§7.12); here the result stays finite.
+/// a cluster it produces 0/0 = NaN (docs/model.md, 'Clustering'); here the result stays finite.
 pub fn sp_center_iter(
     support: &[f32],
     c: usize,

@@ -1,4 +1,4 @@
-//! FSPA: the global foreground prototype p_g (spec §1.9 step 3; same code in modes `gridconv+` and
+//! FSPA: the global foreground prototype p_g (docs/model.md, 'FSPA'; same code in modes `gridconv+` and
 //! `mask`).
 
 use super::softmax_last_dim;

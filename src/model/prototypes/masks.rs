@@ -1,4 +1,4 @@
-//! Support masks at feature resolution (spec §1.4, §1.8 step 4, §1.9 branch choice).
+//! Support masks at feature resolution (docs/model.md, 'Masks at feature resolution' and 'Scores').
 //!
 //! All values are multiples of 1/64, so they are computed exactly on the CPU and are bit-identical to
 //! the reference's float32 bilinear resize and average pools.

@@ -1,4 +1,4 @@
-//! The parameter-free DSPNet head (spec §1.4–§1.11): everything after the 1×1 projection.
+//! The parameter-free DSPNet head (docs/model.md, 'Masks at feature resolution' to 'Output'): everything after the 1×1 projection.
 //!
 //! A [`SupportEpisode`] holds what depends on the support slice alone — feature-resolution masks,
 //! superpixel seeds, the SpCenterIter cluster centres, the BCMA-mixed local prototypes (both paths)
@@ -34,7 +34,7 @@ pub use seeds::{place_seeds, seed_placement, SeedPlacement};
 /// Output stride of the backbone: the support mask is `FEATURE_STRIDE·h × FEATURE_STRIDE·w`.
 pub const FEATURE_STRIDE: usize = 8;
 
-/// Which foreground branch the support mask selects (spec §1.9).
+/// Which foreground branch the support mask selects (docs/model.md, 'Scores').
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForegroundMode {
     /// Some 4×4 window of m_f is ≥ fg_threshold: local fg prototypes + p_g, softmax-weighted score.

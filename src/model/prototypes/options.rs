@@ -4,7 +4,7 @@
 
 use crate::error::{DspnetError, Result};
 
-/// Head hyper-parameters. [`Default`] gives the official code defaults (spec §7.5).
+/// Head hyper-parameters. [`Default`] gives the official code defaults (docs/model.md, 'Head defaults').
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeadOptions {
     /// BCMA α of the foreground-local path (`alpha`; the official `self.a`, code default 0.2; the README's
@@ -24,12 +24,12 @@ pub struct HeadOptions {
     /// `avg_sp_area`: feature cells of support foreground per seed.
     pub area_per_seed: usize,
     /// Side of the local-prototype pooling window (`val_wsize`): 2 at inference (16×16 = 256 candidate
-    /// local prototypes); training uses 4 (`proto_grid_size = 8`, spec §2.3).
+    /// local prototypes); training uses 4 (`proto_grid_size = 8`; docs/model.md, 'Training').
     pub local_pool: usize,
     /// SpCenterIter iterations (`n_iter`).
     pub cluster_iterations: usize,
     /// Optional C·C row-major `cal` override (a checkpoint's `cls_unit.cal`). `None` builds it from
-    /// `mixing_weights`, which is what the official pipeline runs (it never reloads `cal`, §1.13).
+    /// `mixing_weights`, which is what the official pipeline runs (it never reloads `cal`; docs/model.md, 'BCMA').
     pub calibration: Option<Vec<f32>>,
 }
 

@@ -1,4 +1,4 @@
-//! RAN, resemblance attention (`MultiProtoAsConv.attention`, spec §1.6). No parameters.
+//! RAN, resemblance attention (`MultiProtoAsConv.attention`, docs/model.md, 'RAN'). No parameters.
 
 use super::softmax_last_dim;
 use candle_core::Tensor;

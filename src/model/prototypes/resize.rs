@@ -1,5 +1,5 @@
 //! Bilinear resizing with PyTorch `F.interpolate(mode='bilinear', align_corners=False)` semantics
-//! (spec §1.11), for any input and output size, and the final argmax.
+//! (docs/model.md, 'Output'), for any input and output size, and the final argmax.
 //!
 //! Index and weight computations follow ATen's CPU kernel in float32: scale = in / out,
 //! src = scale·(dst + 0.5) − 0.5 clamped at 0, i0 = min(floor(src), in − 1), i1 = i0 + (i0 < in − 1),

@@ -1,4 +1,4 @@
-//! Cosine-prototype scoring (ALPNet's classifier; spec §1.8 steps 5–7, §1.9 step 4 and mode `mask`).
+//! Cosine-prototype scoring (ALPNet's classifier; docs/model.md, 'Scores').
 
 use super::softmax_last_dim;
 use candle_core::Tensor;

@@ -1,5 +1,5 @@
 //! Superpixel seed placement: `place_seed_points_d` (ASGNet, copied into DSPNet's `util/seed_init.py`)
-//! plus the model's `num_sp` rule (spec §1.5, golden README §4 "seeds").
+//! plus the model's `num_sp` rule (docs/model.md, 'Seeds').
 //!
 //! Everything here is discrete and exact (integer squared distances), so the result is bit-identical
 //! to the reference, including its quirks:

@@ -56,6 +56,7 @@ __all__ = [
     "PanicError",
     "LibraryNotFoundError",
     "BusyError",
+    "parse_slice_axis",
     "Library",
     "load_library",
     "library_candidates",
@@ -667,22 +668,37 @@ def _as_u16(array, shape, what):
     return a
 
 
-def _axis_value(slice_axis):
-    if slice_axis is None or slice_axis == "auto" or slice_axis == -1:
-        return -1
+def parse_slice_axis(slice_axis):
+    """The one reading of a slice axis (the Slicer extension uses it too): None, "auto" or -1 -> None
+    (automatic); "i"/"j"/"k" (any case) or 0/1/2 -> that IJK axis. Anything else: InvalidArgumentError."""
+    if slice_axis is None or slice_axis == -1:
+        return None
     if isinstance(slice_axis, str):
-        if slice_axis not in _AXES:
+        name = slice_axis.strip().lower()
+        if name == "auto":
+            return None
+        if name not in _AXES:
             raise InvalidArgumentError(
-                f"slice_axis {slice_axis!r}: expected 'i', 'j', 'k', 0, 1, 2 or None",
+                f"slice axis {slice_axis!r}: expected 'auto', 'i', 'j', 'k', 0, 1, 2 or None",
                 status=DSPNET_ERROR_INVALID_ARGUMENT,
             )
-        return _AXES[slice_axis]
-    if int(slice_axis) not in (0, 1, 2):
+        return _AXES[name]
+    try:
+        axis = int(slice_axis)
+    except (TypeError, ValueError):
+        axis = None
+    if axis not in (0, 1, 2) or axis != slice_axis:
         raise InvalidArgumentError(
-            f"slice_axis {slice_axis!r}: expected 0 (i), 1 (j), 2 (k) or None (auto)",
+            f"slice axis {slice_axis!r}: expected 0 (i), 1 (j), 2 (k) or None (auto)",
             status=DSPNET_ERROR_INVALID_ARGUMENT,
         )
-    return int(slice_axis)
+    return axis
+
+
+def _axis_value(slice_axis):
+    """The C ABI's slice_axis: -1 for automatic."""
+    axis = parse_slice_axis(slice_axis)
+    return -1 if axis is None else axis
 
 
 def parse_extent(extent):

@@ -8,7 +8,6 @@ scripts and PyPI's slicer-core) through the ctypes binding ``FewShotSegmentLib.b
 
 import logging
 import os
-import traceback
 import unittest
 
 import qt
@@ -22,9 +21,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from FewShotSegmentLib import binding
 from FewShotSegmentLib import logic as fslogic
 from FewShotSegmentLib.logic import SETTINGS_DEVICE_KEY, SETTINGS_WEIGHTS_KEY
+from FewShotSegmentLib.taskui import ERROR_STYLE, TaskMonitor, fillDeviceComboBox, reportError, taskErrorDetails
 
 
 #
@@ -78,11 +77,13 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self.task = None
         self.taskNodes = None
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(200)
-        self.pollTimer.connect("timeout()", self.onPollTask)
+        self.monitor = TaskMonitor(self._onTaskFinished)
+
+    @property
+    def task(self):
+        """The running propagation, or None."""
+        return self.monitor.task
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -95,15 +96,13 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for label, value in (("Auto", "auto"), ("i", "i"), ("j", "j"), ("k", "k")):
             self.ui.sliceAxisComboBox.addItem(label, value)
-        for label, value in (("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")):
-            self.ui.deviceComboBox.addItem(label, value)
+        fillDeviceComboBox(self.ui.deviceComboBox)
         settings = slicer.app.userSettings()
         self.ui.weightsPathLineEdit.currentPath = settings.value(SETTINGS_WEIGHTS_KEY, "")
         self.ui.deviceComboBox.setCurrentIndex(
             max(0, self.ui.deviceComboBox.findData(settings.value(SETTINGS_DEVICE_KEY, "auto")))
         )
-        self.ui.progressBar.setVisible(False)
-        self.ui.stopButton.setVisible(False)
+        self.monitor.setWidgets(self.ui.progressBar, self.ui.stopButton)
 
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onSettingsChanged)
@@ -118,8 +117,7 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def cleanup(self):
-        self.onStop()
-        self.pollTimer.stop()
+        self.monitor.close()
         self.removeObservers()
 
     def onSettingsChanged(self, *_):
@@ -158,7 +156,7 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setActiveEffectByName("Few-Shot")
 
     def _setStatus(self, text, error=False):
-        self.ui.statusLabel.setStyleSheet("color: #c62828;" if error else "")
+        self.ui.statusLabel.setStyleSheet(ERROR_STYLE if error else "")
         self.ui.statusLabel.setText(text)
 
     def onSegment(self):
@@ -172,46 +170,25 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             weights = self.ui.weightsPathLineEdit.currentPath or None
             device = self.ui.deviceComboBox.currentData or "auto"
-            self.task = fslogic.SegmentationTask(self.logic, job, weights=weights, device=device).start()
+            self.monitor.start(fslogic.SegmentationTask(self.logic, job, weights=weights, device=device).start())
             self.taskNodes = (volumeNode, segmentationNode)
         except Exception as e:
             self._reportError(e)
             return
-        self.ui.progressBar.setRange(0, 0)
-        self.ui.progressBar.setVisible(True)
-        self.ui.stopButton.setVisible(True)
         self._setStatus(f"Propagating {', '.join(job.segmentNames)}...")
         self.updateButtons()
-        self.pollTimer.start()
 
     def onStop(self, *_):
-        if self.task is not None:
-            self.task.cancel()
+        if self.monitor.stop():
             self._setStatus("Stopping after the current slice...")
 
-    def onPollTask(self):
-        task = self.task
-        if task is None:
-            self.pollTimer.stop()
-            return
-        done, total = task.progress
-        if total:
-            self.ui.progressBar.setRange(0, total)
-            self.ui.progressBar.setValue(done)
-        if not task.finished:
-            return
-        self.pollTimer.stop()
-        self.task = None
-        self.ui.progressBar.setVisible(False)
-        self.ui.stopButton.setVisible(False)
+    def _onTaskFinished(self, task):
+        """The monitor's callback once the worker has finished (main thread)."""
         try:
             if task.cancelled:
                 self._setStatus("Stopped: nothing was changed.")
             elif task.error is not None:
-                self._reportError(
-                    task.error,
-                    "".join(traceback.format_exception(type(task.error), task.error, task.error.__traceback__)),
-                )
+                self._reportError(task.error, taskErrorDetails(task.error))
             else:
                 volumeNode, segmentationNode = self.taskNodes
                 # One undoable step in the scene (the Segment Editor effect has its own undo).
@@ -225,14 +202,7 @@ class FewShotSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def _reportError(self, error, details=None):
-        if isinstance(error, binding.DspnetError):
-            message = f"{error.message} ({error.status_name})"
-        else:
-            message = str(error) or error.__class__.__name__
-        logging.error("Few-Shot Segment: %s", message)
-        self._setStatus("Failed: " + message, error=True)
-        extra = {"detailedText": details} if details else {}
-        slicer.util.errorDisplay("Few-Shot segmentation failed:\n\n" + message, **extra)
+        reportError(error, self._setStatus, details)
 
 
 #

@@ -13,9 +13,7 @@ has finished, builds the preview on the main thread. MRML and Qt are only touche
 Loaded by the FewShotSegment module with qSlicerSegmentEditorScriptedEffect.setPythonSource().
 """
 
-import logging
 import os
-import traceback
 
 import ctk
 import qt
@@ -25,14 +23,13 @@ import slicer
 from SegmentEditorEffects import *  # noqa: F401,F403 - AbstractScriptedSegmentEditorAutoCompleteEffect
 from SegmentEditorEffects.AbstractScriptedSegmentEditorAutoCompleteEffect import ResultPreviewNodeReferenceRole
 
-from FewShotSegmentLib import binding
 from FewShotSegmentLib.logic import (
     FewShotSegmentLogic,
-    ObliqueViewError,
     SegmentationTask,
     AXIS_NAMES,
     SETTINGS_DEVICE_KEY,
 )
+from FewShotSegmentLib.taskui import ERROR_STYLE, TaskMonitor, fillDeviceComboBox, reportError, taskErrorDetails
 
 EFFECT_NAME = "Few-Shot"
 
@@ -55,11 +52,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorAutoCompleteEffect):
         AbstractScriptedSegmentEditorAutoCompleteEffect.__init__(self, scriptedEffect)
         self.minimumNumberOfSegments = 1
         self.minimumNumberOfSegmentsWithEditableArea = 1
-        self.task = None
-        self.taskVolumeNodeId = None
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(200)
-        self.pollTimer.connect("timeout()", self.onPollTask)
+        self.monitor = TaskMonitor(self._onTaskFinished, progressFormat="slice %v of %m")
+
+    @property
+    def task(self):
+        """The running propagation, or None."""
+        return self.monitor.task
+
+    @property
+    def pollTimer(self):
+        return self.monitor.timer
+
+    def onPollTask(self):
+        """What the poll timer calls (main thread)."""
+        self.monitor.poll()
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -125,8 +131,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.scriptedEffect.addLabeledOptionsWidget("Propagation:", self.propagationComboBox)
 
         self.deviceComboBox = qt.QComboBox()
-        for label, value in (("Auto", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda")):
-            self.deviceComboBox.addItem(label, value)
+        fillDeviceComboBox(self.deviceComboBox)
         self.deviceComboBox.setToolTip("Where the model runs; CUDA needs the CUDA build of libdspnet.")
         self.weightsPathLineEdit = ctk.ctkPathLineEdit()
         self.weightsPathLineEdit.filters = ctk.ctkPathLineEdit.Files
@@ -141,10 +146,9 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         AbstractScriptedSegmentEditorAutoCompleteEffect.setupOptionsFrame(self)
 
         self.progressBar = qt.QProgressBar()
-        self.progressBar.setVisible(False)
         self.stopButton = qt.QPushButton("Stop")
         self.stopButton.setToolTip("Stop the running propagation (it stops after the current slice)")
-        self.stopButton.setVisible(False)
+        self.monitor.setWidgets(self.progressBar, self.stopButton)
         progressLayout = qt.QHBoxLayout()
         progressLayout.addWidget(self.progressBar)
         progressLayout.addWidget(self.stopButton)
@@ -227,10 +231,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         self.weightsPathLineEdit.currentPath = self.scriptedEffect.parameter("Weights")
         for w, b in zip(widgets, blocked):
             w.blockSignals(b)
-        running = self.task is not None
-        self.previewButton.setEnabled(not running)
-        if running:
-            self.applyButton.setEnabled(False)
+        self._disableBaseButtonsWhileRunning(self.task is not None)
 
     def updateMRMLFromGUI(self):
         AbstractScriptedSegmentEditorAutoCompleteEffect.updateMRMLFromGUI(self)
@@ -294,9 +295,9 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
 
     def onPreview(self):
         """Initialize/Update (and auto-update): start a background run. Never blocks the GUI."""
-        if self.task is not None or self.previewComputationInProgress:
+        if self.task is not None or self._baseBusy():
             return
-        self.previewComputationInProgress = True
+        self._setBaseBusy(True)
         try:
             segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
             volumeNode = self._sourceVolumeNode()
@@ -318,44 +319,21 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
                 )
             weights = self.scriptedEffect.parameter("Weights") or None
             device = self.scriptedEffect.parameter("Device") or "auto"
-            self.task = SegmentationTask(logic, job, weights=weights, device=device).start()
-            self.taskVolumeNodeId = volumeNode.GetID()
+            self.monitor.start(SegmentationTask(logic, job, weights=weights, device=device).start())
             self._setStatus(f"Propagating {', '.join(job.segmentNames)}...")
-            self.progressBar.setRange(0, 0)  # busy until the first progress report
-            self.progressBar.setVisible(True)
-            self.stopButton.setVisible(True)
-            self.stopButton.setEnabled(True)
-            self.pollTimer.start()
             self.updateGUIFromMRML()
         except Exception as e:
-            self.previewComputationInProgress = False
+            self._setBaseBusy(False)
             self._reportError(e)
 
-    def onPollTask(self):
-        task = self.task
-        if task is None:
-            self.pollTimer.stop()
-            return
-        done, total = task.progress
-        if total:
-            self.progressBar.setRange(0, total)
-            self.progressBar.setValue(done)
-            self.progressBar.setFormat("slice %v of %m")
-        if not task.finished:
-            return
-        self.pollTimer.stop()
-        self.task = None
-        self.previewComputationInProgress = False
-        self.progressBar.setVisible(False)
-        self.stopButton.setVisible(False)
+    def _onTaskFinished(self, task):
+        """The monitor's callback once the worker has finished (main thread)."""
+        self._setBaseBusy(False)
         try:
             if task.cancelled:
                 self._setStatus("Stopped: the preview was not changed.")
             elif task.error is not None:
-                self._reportError(
-                    task.error,
-                    "".join(traceback.format_exception(type(task.error), task.error, task.error.__traceback__)),
-                )
+                self._reportError(task.error, taskErrorDetails(task.error))
             else:
                 self._showPreview(task.job)
                 s = task.job.summary
@@ -395,9 +373,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
         )
 
     def onStop(self):
-        if self.task is not None:
-            self.task.cancel()
-            self.stopButton.setEnabled(False)
+        if self.monitor.stop():
             self._setStatus("Stopping after the current slice...")
 
     def _showPreview(self, job):
@@ -417,8 +393,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             previewNode.GetDisplayNode().SetVisibility2DOutline(False)
             if segmentationNode.GetParentTransformNode():
                 previewNode.SetAndObserveTransformNodeID(segmentationNode.GetParentTransformNode().GetID())
-            self.scriptedEffect.setCommonNodeReference(ResultPreviewNodeReferenceRole, previewNode)
-            self.scriptedEffect.setCommonParameter("SegmentationResultPreviewOwnerEffect", self.scriptedEffect.name)
+            self._registerPreviewNode(previewNode)
             previewNode.GetSegmentation().SetConversionParameter(
                 slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule.GetSmoothingFactorParameterName(), "-0.5"
             )
@@ -440,14 +415,7 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
             segment.AddRepresentation(labelmapName, labelmap)
             segment.SetLabelValue(index + 1)
             selected.InsertNextValue(segmentId)
-        # What the base class's auto-update observes.
-        self.selectedSegmentIds = selected
-        self.selectedSegmentModifiedTimes = {}
-        for i in range(selected.GetNumberOfValues()):
-            segment = segmentationNode.GetSegmentation().GetSegment(selected.GetValue(i))
-            representation = segment.GetRepresentation(labelmapName)
-            if representation:
-                self.selectedSegmentModifiedTimes[selected.GetValue(i)] = representation.GetMTime()
+        self._setObservedSegments(segmentationNode, selected, labelmapName)
         self.setPreviewOpacity(opacity)
         self.setPreviewShow3D(show3D)
 
@@ -476,39 +444,55 @@ Weights and device defaults are set in the Few-Shot Segment module.</html>"""
 
     def cleanup(self):
         self._cancelTask()
-        self.pollTimer.disconnect("timeout()", self.onPollTask)
+        self.monitor.close()
         AbstractScriptedSegmentEditorAutoCompleteEffect.cleanup(self)
 
     def _cancelTask(self):
-        task, self.task = self.task, None
-        if task is not None:
-            task.cancel()  # the worker stops at the next slice; its result is dropped
-        self.pollTimer.stop()
-        self.previewComputationInProgress = False
-        if hasattr(self, "progressBar"):
-            self.progressBar.setVisible(False)
-            self.stopButton.setVisible(False)
+        self.monitor.abandon()  # the worker stops at the next slice; its result is dropped
+        self._setBaseBusy(False)
 
     # -- messages -----------------------------------------------------------------------------
 
     def _setStatus(self, text, error=False):
         if hasattr(self, "statusLabel"):
-            self.statusLabel.setStyleSheet("color: #c62828;" if error else "")
+            self.statusLabel.setStyleSheet(ERROR_STYLE if error else "")
             self.statusLabel.setText(text)
         slicer.util.showStatusMessage(text.split("\n")[0], 5000)
 
     def _reportError(self, error, details=None):
-        if isinstance(error, binding.LibraryNotFoundError):
-            message = f"{error}\n\nSee the Few-Shot Segment module for how to install libdspnet."
-        elif isinstance(error, ObliqueViewError):
-            message = str(error)
-        elif isinstance(error, binding.DspnetError):
-            message = f"{error.message} ({error.status_name})"
-        else:
-            message = str(error) or error.__class__.__name__
-        logging.error("Few-Shot: %s", message)
-        if details:
-            logging.debug(details)
-        self._setStatus("Few-Shot failed: " + message, error=True)
-        extra = {"detailedText": details} if details else {}
-        slicer.util.errorDisplay("Few-Shot segmentation failed:\n\n" + message, **extra)
+        reportError(error, self._setStatus, details)
+
+    # -- the base class's internals, in one place ----------------------------------------------
+    # AbstractScriptedSegmentEditorAutoCompleteEffect (Slicer's SegmentEditorEffects) computes its preview
+    # on the GUI thread and has no API for an effect that computes on a worker thread and builds the
+    # preview itself. These methods are the only places that touch its attributes (Slicer 5.x names):
+    # `previewComputationInProgress` (its re-entry guard), `previewButton` / `applyButton` (its
+    # Initialize/Apply buttons), the preview node reference `ResultPreviewNodeReferenceRole` with the
+    # common parameter "SegmentationResultPreviewOwnerEffect" (how it finds and owns the preview), and
+    # `selectedSegmentIds` / `selectedSegmentModifiedTimes` (what its auto-update observes). A Slicer
+    # release that renames them breaks here first; FewShotSegmentTest runs the effect on the real base.
+
+    def _baseBusy(self):
+        return self.previewComputationInProgress
+
+    def _setBaseBusy(self, busy):
+        self.previewComputationInProgress = busy
+
+    def _disableBaseButtonsWhileRunning(self, running):
+        self.previewButton.setEnabled(not running)
+        if running:
+            self.applyButton.setEnabled(False)
+
+    def _registerPreviewNode(self, previewNode):
+        self.scriptedEffect.setCommonNodeReference(ResultPreviewNodeReferenceRole, previewNode)
+        self.scriptedEffect.setCommonParameter("SegmentationResultPreviewOwnerEffect", self.scriptedEffect.name)
+
+    def _setObservedSegments(self, segmentationNode, selected, labelmapName):
+        """The input segments the preview was made from, with their modification times."""
+        self.selectedSegmentIds = selected
+        self.selectedSegmentModifiedTimes = {}
+        for i in range(selected.GetNumberOfValues()):
+            segment = segmentationNode.GetSegmentation().GetSegment(selected.GetValue(i))
+            representation = segment.GetRepresentation(labelmapName)
+            if representation:
+                self.selectedSegmentModifiedTimes[selected.GetValue(i)] = representation.GetMTime()

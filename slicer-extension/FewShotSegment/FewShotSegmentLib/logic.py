@@ -482,19 +482,11 @@ class FewShotSegmentLogic:
     def resolveSliceAxis(sliceAxis, volumeNode=None):
         """None/"auto" -> None; 0/1/2 or "i"/"j"/"k" -> int; a vtkMRMLSliceNode -> the IJK axis of its
         normal (ObliqueViewError for oblique views)."""
-        if sliceAxis is None or (isinstance(sliceAxis, str) and sliceAxis.lower() == "auto") or sliceAxis == -1:
-            return None
         if hasattr(sliceAxis, "GetSliceToRAS"):
             if volumeNode is None:
                 raise ValueError("a volume is needed to map a slice view into IJK")
             return sliceAxisFromSliceNode(sliceAxis, volumeNode)
-        if isinstance(sliceAxis, str):
-            if sliceAxis.lower() not in AXIS_NAMES:
-                raise ValueError(f"slice axis {sliceAxis!r}: expected 'auto', 'i', 'j', 'k' or a slice node")
-            return AXIS_NAMES.index(sliceAxis.lower())
-        if int(sliceAxis) not in (0, 1, 2):
-            raise ValueError(f"slice axis {sliceAxis!r}: expected 0 (i), 1 (j), 2 (k) or None")
-        return int(sliceAxis)
+        return binding.parse_slice_axis(sliceAxis)
 
     # -- step 2: the computation (any thread) --------------------------------------------------------
 

@@ -714,3 +714,19 @@ def test_extension_cmake_bundles_library_and_default_model(prerequisites, weight
     path, device, binding_file = proc.stdout.split()
     assert path == str(modules / "dspnet" / "lib" / "libdspnet.so") and device == "cpu"
     assert binding_file == str(modules / "dspnet" / "binding.py"), "the bundled package, not another dspnet"
+
+
+def test_the_extension_and_the_package_read_slice_axes_alike():
+    """One parser: the logic defers to the dspnet package's for everything but slice nodes."""
+    resolve = fslogic.FewShotSegmentLogic.resolveSliceAxis
+    for value, axis in ((None, None), ("auto", None), ("Auto", None), (-1, None), ("i", 0), ("J", 1), ("k", 2)):
+        assert resolve(value) == axis == binding.parse_slice_axis(value), value
+    for value in (0, 1, 2, np.int64(2)):
+        assert resolve(value) == int(value) == binding.parse_slice_axis(value)
+    for bad in ("x", "1", 3, -2, 1.5):
+        with pytest.raises(ValueError, match="slice axis"):
+            resolve(bad)
+        with pytest.raises(binding.InvalidArgumentError, match="slice axis"):
+            binding.parse_slice_axis(bad)
+    with pytest.raises(ValueError, match="a volume is needed"):
+        resolve(testing.newScene().AddNewNodeByClass("vtkMRMLSliceNode"))

@@ -25,13 +25,16 @@ impl FeatureSource {
             FeatureSource::Layer4 => "layer4",
         }
     }
+    /// How many layers are built up to and including the chosen stage.
+    pub fn layers(self) -> usize {
+        match self {
+            FeatureSource::Layer3 => 3,
+            FeatureSource::Layer4 => 4,
+        }
+    }
     /// Channels of the chosen stage (bottleneck expansion × the layer's width).
     pub fn channels(self) -> usize {
-        let layer = match self {
-            FeatureSource::Layer3 => 2,
-            FeatureSource::Layer4 => 3,
-        };
-        LAYERS[layer].width * EXPANSION
+        LAYERS[self.layers() - 1].width * EXPANSION
     }
 }
 
@@ -230,10 +233,7 @@ impl ModelConfig {
 
     /// Number of layers built: layer4 is skipped entirely when features come from layer3.
     pub fn layers_used(&self) -> usize {
-        match self.feature_source {
-            FeatureSource::Layer3 => 3,
-            FeatureSource::Layer4 => 4,
-        }
+        self.feature_source.layers()
     }
 
     /// The stem convolution: 7x7, stride 2, padding 3, on 3 input channels.
@@ -248,13 +248,9 @@ impl ModelConfig {
         let mut in_channels = STEM_CHANNELS;
         for (layer, &n) in blocks.iter().enumerate().take(self.layers_used()) {
             for index in 0..n {
-                out.push(BlockSpec::new(
-                    layer,
-                    index,
-                    if index == 0 { in_channels } else { LAYERS[layer].width * EXPANSION },
-                ));
+                out.push(BlockSpec::new(layer, index, in_channels));
+                in_channels = LAYERS[layer].width * EXPANSION;
             }
-            in_channels = LAYERS[layer].width * EXPANSION;
         }
         Ok(out)
     }

@@ -296,9 +296,9 @@ impl Backbone {
         let stem_spec = config.stem();
         let stem = fold(tensors, &stem_spec, &Device::Cpu, false)?;
         let (stem_w, stem_b) = (stem.weight_tensor()?, stem.bias_tensor()?.map(|b| b.flatten_all()).transpose()?);
-        let (s, p) = (stem_spec.stride, stem_spec.padding);
-        let stem_grey = FoldedConv::new(stem_w.sum_keepdim(1)?, stem_b.clone(), s, p, 1, device, pack)?;
-        let stem_rgb = FoldedConv::new(stem_w, stem_b, s, p, 1, device, pack)?;
+        let (s, p, d) = (stem_spec.stride, stem_spec.padding, stem_spec.dilation);
+        let stem_grey = FoldedConv::new(stem_w.sum_keepdim(1)?, stem_b.clone(), s, p, d, device, pack)?;
+        let stem_rgb = FoldedConv::new(stem_w, stem_b, s, p, d, device, pack)?;
         let mut layers: Vec<Vec<Bottleneck>> = Vec::new();
         for spec in config.bottlenecks()? {
             if spec.index == 0 {
